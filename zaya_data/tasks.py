@@ -1,0 +1,210 @@
+"""The jobs the executor runs: read+tokenize one unit, write one shard, gather prompts.
+
+Each job is idempotent and names its own output, written atomically with a `.json`
+record last; a job whose record exists is skipped, which is how an interrupted build
+resumes without duplicates or holes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from zaya_data.io import atomic_replace, atomic_write_text, tmp_path_for
+from zaya_data.ledger import Ledger
+from zaya_data.schema import TOKENIZED
+from zaya_data.specs import SourceSpec, TemplateSpec
+
+PROMPTS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("file_index", pa.int32(), nullable=False),
+        pa.field("row_index", pa.int64(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("problem", pa.string(), nullable=False),
+        pa.field("reference_answer", pa.string()),
+    ]
+)
+
+
+def source_to_dict(spec: SourceSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def source_from_dict(d: dict[str, Any]) -> SourceSpec:
+    return SourceSpec(**{**d, "paths": tuple(d["paths"])})
+
+
+def unit_to_dict(unit: Any) -> dict[str, Any]:
+    return dataclasses.asdict(unit)
+
+
+def _unit_from_dict(d: dict[str, Any]) -> Any:
+    from zaya_data.readers import ReadUnit
+
+    return ReadUnit(**d)
+
+
+def _finish(out: Path, record: dict[str, Any]) -> dict[str, Any]:
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, sort_keys=True))
+    return record
+
+
+class TokenizeWorker:
+    """read -> format -> tokenize -> trim for one read unit; writes an Arrow IPC part
+    (TOKENIZED rows, memory-mappable for the shard writers) and its record."""
+
+    def __init__(self, tokenizer: str, template: dict[str, Any], context: int, loss: str,
+                 trim_window: int, strict: bool, batch_size: int = 1024):
+        self.cfg = dict(tokenizer=tokenizer, template=TemplateSpec(**template), context=context,
+                        loss=loss, trim_window=trim_window)
+        self.strict = strict
+        self.batch_size = batch_size
+        self._stages: dict[str, Any] = {}
+
+    def _stage(self, kind: str) -> Any:
+        if kind not in self._stages:
+            from zaya_data.stages.tokenize import FormatTokenizeTrim
+
+            self._stages[kind] = FormatTokenizeTrim(source_kind=kind, **self.cfg)
+        return self._stages[kind]
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        from zaya_data.readers import read_unit
+
+        out = Path(job["out"])
+        done = out.with_suffix(".json")
+        if done.exists():
+            return json.loads(done.read_text())
+        spec = source_from_dict(job["source"])
+        unit = _unit_from_dict(job["unit"])
+        stage = self._stage(spec.kind)
+        read_ledger = Ledger(strict=self.strict)
+        stage_ledger = Ledger(strict=self.strict)
+        t0 = time.perf_counter()
+        emitted = 0
+        rows = 0
+        tokens = 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_path_for(out)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, TOKENIZED) as writer:
+            for batch in read_unit(spec, unit, read_ledger, batch_size=self.batch_size):
+                emitted += batch.num_rows
+                tok = stage(batch, stage_ledger)
+                if tok.num_rows:
+                    writer.write_table(tok.cast(TOKENIZED))
+                    rows += tok.num_rows
+                    tokens += int(pa.compute.sum(tok["num_tokens"]).as_py() or 0)
+        atomic_replace(tmp, out)
+        ledger = Ledger().merge(read_ledger).merge(stage_ledger)
+        return _finish(out, {
+            "source": spec.name, "file_index": unit.file_index, "path": unit.path, "part": str(out),
+            "input_records": emitted + read_ledger.total(),
+            "read_records": emitted, "rows": rows, "tokens": tokens,
+            "ledger": ledger.to_dict(), "seconds": time.perf_counter() - t0,
+        })
+
+
+class PromptWorker:
+    """read one unit and render its problems as RL prompts (no tokens, no packing)."""
+
+    def __init__(self, template: dict[str, Any], strict: bool, batch_size: int = 1024):
+        self.template = TemplateSpec(**template)
+        self.strict = strict
+        self.batch_size = batch_size
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        from zaya_data.readers import read_unit
+        from zaya_data.stages.template import render_prompt
+
+        out = Path(job["out"])
+        done = out.with_suffix(".json")
+        if done.exists():
+            return json.loads(done.read_text())
+        spec = source_from_dict(job["source"])
+        unit = _unit_from_dict(job["unit"])
+        ledger = Ledger(strict=self.strict)
+        emitted = 0
+        rows = 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_path_for(out)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, PROMPTS) as writer:
+            for batch in read_unit(spec, unit, ledger, batch_size=self.batch_size):
+                emitted += batch.num_rows
+                if spec.kind == "rollout_group":
+                    ids, problems = batch["problem_id"], batch["problem"]
+                    refs = batch["reference_answer"]
+                elif spec.kind == "reasoning":
+                    ids, problems = batch["id"], batch["prompt"]
+                    ref = batch["reference_answer"].to_pylist()
+                    ans = batch["answer"].to_pylist()
+                    refs = pa.array([r if r is not None else a for r, a in zip(ref, ans)], pa.string())
+                else:
+                    ids, problems = batch["id"], batch["text"]
+                    refs = pa.nulls(batch.num_rows, pa.string())
+                probs = problems.to_pylist()
+                table = pa.table({
+                    "id": ids, "source": pa.array([spec.name] * batch.num_rows, pa.string()),
+                    "category": pa.array([spec.category] * batch.num_rows, pa.string()),
+                    "file_index": batch["file_index"], "row_index": batch["row_index"],
+                    "prompt": pa.array([render_prompt(p, self.template) for p in probs], pa.string()),
+                    "problem": pa.array(probs, pa.string()), "reference_answer": refs,
+                }, schema=PROMPTS)
+                writer.write_table(table)
+                rows += table.num_rows
+        atomic_replace(tmp, out)
+        return _finish(out, {
+            "source": spec.name, "file_index": unit.file_index, "path": unit.path, "part": str(out),
+            "input_records": emitted + ledger.total(), "read_records": emitted, "rows": rows,
+            "tokens": 0, "ledger": ledger.to_dict(),
+        })
+
+
+def read_part(path: str) -> pa.Table:
+    """A part file, memory-mapped: columns are only paged in when touched."""
+    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+
+
+class ShardWorker:
+    """Gathers the items of one shard's rows from the memory-mapped parts, packs them
+    into rows and writes the shard atomically."""
+
+    def __init__(self, parts: list[str], context: int, pad_id: int):
+        self.parts = parts
+        self.context = context
+        self.pad_id = pad_id
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        from zaya_data.shards import assemble_rows, write_shard
+
+        out = Path(job["out"])
+        record = Path(job["record"])  # kept in the work folder, not beside the shards
+        if out.exists() and record.exists():
+            return json.loads(record.read_text())
+        part_of = np.asarray(job["part"], dtype=np.int64)
+        row_of = np.asarray(job["row"], dtype=np.int64)
+        row_starts = np.asarray(job["row_starts"], dtype=np.int64)
+        # Take each needed part's rows once, then index the concatenation.
+        pieces = []
+        pos = np.empty(len(part_of), dtype=np.int64)
+        base = 0
+        for p in np.unique(part_of):
+            sel = np.nonzero(part_of == p)[0]
+            uniq, inv = np.unique(row_of[sel], return_inverse=True)
+            pieces.append(read_part(self.parts[int(p)]).take(pa.array(uniq)))
+            pos[sel] = base + inv
+            base += len(uniq)
+        items = pa.concat_tables(pieces) if pieces else pa.table({}, schema=TOKENIZED)
+        bins = [pos[row_starts[i]:row_starts[i + 1]] for i in range(len(row_starts) - 1)]
+        table = assemble_rows(items, bins, self.context, self.pad_id)
+        info = write_shard(table, out)
+        atomic_write_text(record, json.dumps(info, sort_keys=True))
+        return info

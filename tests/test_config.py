@@ -98,3 +98,20 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     p = write(tmp_path, "sources: [unclosed\n")
     with pytest.raises(ConfigError, match=str(p)):
         load_mixture(p)
+
+
+def test_zaya1_mixture_carries_the_reports_phase_facts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZAYA_CORPORA", "/corpora")
+    mix = load_mixture(REPO / "mixtures" / "zaya1.yaml")
+    p = mix.phases
+    assert (p["pretrain_1"].context, p["pretrain_2"].context) == (4096, 4096)
+    assert (p["midtrain"].context, p["midtrain"].rope_base, p["midtrain"].token_budget) == (32768, 1e6, 1_200_000_000_000)
+    assert (p["sft"].context, p["sft"].rope_base, p["sft"].token_budget) == (131072, 5e6, 660_000_000_000)
+    assert max(p["midtrain"].weights, key=p["midtrain"].weights.get) == "long_cot"
+    for cat in ("code", "math", "long_cot", "instruction"):  # phase 2 upweights these
+        assert p["pretrain_2"].weights[cat] > p["pretrain_1"].weights[cat]
+    for cat in ("long_context", "web", "synthetic", "multilingual"):  # SFT has more of these
+        assert p["sft"].weights.get(cat, 0) > p["midtrain"].weights.get(cat, 0)
+    assert p["rl_general"].kind == p["rl_code"].kind == "prompts"
+    assert p["rl_code"].weights["code_standard"] > p["rl_general"].weights["code_standard"]
+    assert mix.sources["cot_math"].paths == ("/corpora/cot/math/**/*.parquet",)

@@ -1,0 +1,186 @@
+"""End to end: real traces -> packed shards + manifest, on Ray and in process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from zaya_data.cli import main
+from zaya_data.ledger import Ledger
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+MIX = """\
+name: e2e
+seed: 11
+sources:
+  rollouts:
+    path: {data}/qwen25-math-eval/math_cot_100_rollouts8.jsonl
+    format: jsonl
+    kind: reasoning
+    category: math
+    fields: {{prompt: question, trace: "code[0]", reference_answer: gt}}
+    split: final_paragraph
+  math500:
+    path: {data}/limo-eval/math.jsonl
+    format: jsonl
+    kind: reasoning
+    category: math
+    fields: {{prompt: problem, reasoning: solution, answer: answer}}
+  gsm8k_docs:
+    path: {bad}
+    format: jsonl
+    category: web
+    fields: {{text: question}}
+phases:
+  short:
+    context: 256
+    rope_base: 10000
+    token_budget: 60K
+    weights_by: category
+    weights: {{math: 3, web: 1}}
+    max_repetition: 3
+    shard_rows: 64
+  sft:
+    context: 1024
+    token_budget: 40K
+    weights: {{rollouts: 1, math500: 1, gsm8k_docs: 0}}
+    loss: assistant
+    shard_rows: 16
+  rl:
+    kind: prompts
+    prompt_budget: 150
+    weights: {{rollouts: 2, math500: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("mix")
+    # gsm8k questions with bad lines of every kind mixed in: 7 of them.
+    lines = (DATA / "qwen25-math-eval" / "gsm8k.jsonl").read_bytes().splitlines()[:300]
+    bad = [b"{not json", b'{"question": 5}', b"[1, 2]", b'{"other": "x"}', b'{"question": ""}',
+           b'{"question": "\xff\xfe broken"}', b'{"question": "nul \\u0000 inside"}']
+    mixed = lines[:100] + bad[:4] + lines[100:200] + bad[4:] + lines[200:]
+    (d / "gsm8k_bad.jsonl").write_bytes(b"\n".join(mixed) + b"\n")
+    p = d / "mix.yaml"
+    p.write_text(MIX.format(data=DATA, bad=d / "gsm8k_bad.jsonl"))
+    return p
+
+
+def build(mixture: Path, out: Path, *extra: str) -> int:
+    return main(["build", str(mixture), "--out", str(out), "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def local_build(mixture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local")
+    assert build(mixture, out, "--no-ray") == 0
+    return out
+
+
+def shard_bytes(phase_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(phase_dir.glob("*.parquet"))}
+
+
+def test_every_input_record_is_written_or_in_the_ledger(local_build: Path) -> None:
+    for phase in ("short", "sft", "rl"):
+        m = json.loads((local_build / phase / "manifest.json").read_text())
+        for name, s in m["sources"].items():
+            written = s["unique_documents"] if "unique_documents" in s else s["unique_prompts"]
+            assert s["input_records"] == written + s["not_selected_records"] + s["rejected_records"], (phase, name)
+    m = json.loads((local_build / "short" / "manifest.json").read_text())
+    assert m["sources"]["gsm8k_docs"]["input_records"] == 307
+    led = Ledger.read(local_build / "short" / "ledger.json")
+    assert led.total(source="gsm8k_docs", stage="read") == 7
+
+
+def test_rows_are_exactly_the_context_and_segments_add_up(local_build: Path) -> None:
+    m = json.loads((local_build / "short" / "manifest.json").read_text())
+    t = pq.read_table(local_build / "short" / m["shards"][0]["file"])
+    for ids, mask, segs, pad in zip(t["input_ids"].to_pylist(), t["loss_mask"].to_pylist(),
+                                    t["segment_lengths"].to_pylist(), t["num_padding"].to_pylist()):
+        assert len(ids) == len(mask) == 256
+        assert sum(segs) + pad == 256
+    assert m["totals"]["packing_efficiency"] > 0.95
+    assert sum(s["tokens"] for s in m["sources"].values()) == m["totals"]["tokens"]
+
+
+def test_realized_shares_follow_the_normalized_weights(local_build: Path) -> None:
+    m = json.loads((local_build / "short" / "manifest.json").read_text())
+    assert m["weights"]["target"] == {"math": 0.75, "web": 0.25}
+    for cat, share in m["weights"]["target"].items():
+        assert abs(m["weights"]["realized"][cat] - share) < 0.02
+    sft = json.loads((local_build / "sft" / "manifest.json").read_text())
+    assert set(sft["sources"]) == {"rollouts", "math500"}  # zero weight takes no part
+    assert sft["loss"] == "assistant"
+    assert sft["totals"]["loss_tokens"] < sft["totals"]["tokens"]
+
+
+def test_long_traces_are_trimmed_at_short_contexts(local_build: Path) -> None:
+    m = json.loads((local_build / "short" / "manifest.json").read_text())
+    assert m["sources"]["rollouts"]["trimmed_samples"] > 0
+    assert m["sources"]["rollouts"]["trimmed_tokens"] > 0
+
+
+def test_prompt_phase_writes_a_prompt_set(local_build: Path) -> None:
+    m = json.loads((local_build / "rl" / "manifest.json").read_text())
+    t = pq.read_table(local_build / "rl" / "prompts-00000.parquet")
+    assert t.num_rows == 150 == m["totals"]["prompts"]
+    assert m["sources"]["rollouts"]["prompts"] == 100  # 2/3 of 150
+    assert all("<|im_start|>user" in p for p in t["prompt"].to_pylist()[:5])
+
+
+def test_verify_passes_on_a_fresh_build(local_build: Path) -> None:
+    assert main(["verify", str(local_build / "short"), str(local_build / "sft")]) == 0
+
+
+def test_ray_build_with_one_and_two_workers_is_byte_identical(mixture: Path, local_build: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "w1", tmp_path / "w2"
+    assert build(mixture, one, "--workers", "1", "--phase", "short") == 0
+    assert build(mixture, two, "--workers", "2", "--phase", "short") == 0
+    assert shard_bytes(one / "short") == shard_bytes(two / "short") == shard_bytes(local_build / "short")
+
+
+def test_an_interrupted_build_resumes_to_the_same_bytes(mixture: Path, local_build: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resume"
+    shutil.copytree(local_build, out)
+    phase = out / "sft"
+    # As if killed after some shards: no manifest yet, some shards and unit parts missing.
+    (phase / "manifest.json").unlink()
+    (phase / ".zaya-build").write_text(json.loads((local_build / "sft" / "manifest.json").read_text())["config_sha256"] + "\n")
+    shards = sorted(phase.glob("shard-*.parquet"))
+    for s in shards[::2]:
+        s.unlink()
+    work = next((out / "_work").glob("sft-*"))
+    for rec in list(work.glob("parts/*/*.json"))[:1]:
+        rec.unlink()
+    assert build(mixture, out, "--no-ray", "--phase", "sft") == 0
+    assert shard_bytes(phase) == shard_bytes(local_build / "sft")
+    assert main(["verify", str(phase)]) == 0
+
+
+def test_a_finished_build_is_up_to_date_and_a_changed_one_needs_overwrite(mixture: Path, local_build: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    shutil.copytree(local_build, out)
+    assert build(mixture, out, "--no-ray", "--phase", "rl") == 0  # same config: nothing to do
+    assert build(mixture, out, "--no-ray", "--phase", "rl", "--seed", "99") == 3
+    assert build(mixture, out, "--no-ray", "--phase", "rl", "--seed", "99", "--overwrite") == 0
+
+
+def test_a_source_short_of_its_target_fails_with_its_name(mixture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = mixture.read_text().replace("token_budget: 40K", "token_budget: 5M")
+    p = tmp_path / "short.yaml"
+    p.write_text(text)
+    assert build(p, tmp_path / "o", "--no-ray", "--phase", "sft") == 1
+    assert "math500: target 2,500,000 tokens" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_strict_mode_names_the_file_line_and_field(mixture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(mixture, tmp_path / "s", "--no-ray", "--phase", "short", "--strict") == 1
+    msg = capsys.readouterr().err
+    assert "gsm8k_bad.jsonl" in msg and "line 101" in msg

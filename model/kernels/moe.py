@@ -1,0 +1,191 @@
+"""Top-1 MoE as two grouped GEMMs over tokens sorted by expert, with a skip class.
+
+Plan (no host synchronization, so the whole thing can live inside a CUDA graph):
+  1. sort token ids by expert id (stable); the skip class E sorts last and is never visited;
+  2. cut each expert's run of sorted rows into tiles of BLOCK_M rows; the number of tiles is
+     bounded by cdiv(T, BLOCK_M) + E, so the grid is launched at that bound and surplus
+     programs return at once;
+  3. kernel 1: h = silu(x @ Wg^T) * (x @ Wu^T) for each tile (gate and up accumulated side by
+     side from the same x tile, SwiGLU applied in registers), written in sorted order;
+  4. kernel 2: y = (h @ Wd^T) * router_weight, scattered straight to the token's row.
+Skipped tokens are only zero-filled. Each touched expert's weights stream from HBM once per
+tile column, so decode (few rows per expert) is bound by weight bytes, prefill by FLOPs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .tuning import KernelConfig, kernel_config
+
+
+@triton.jit
+def _gate_up_kernel(
+    X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END,
+    hidden, inter,
+    stride_xt, stride_we, stride_wn, stride_wk, stride_ht,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    e = tl.load(BLK_EXPERT + pid_m)
+    if e < 0:
+        return
+    start = tl.load(BLK_START + pid_m)
+    end = tl.load(BLK_END + pid_m)
+    rows = start + tl.arange(0, BLOCK_M)
+    rmask = rows < end
+    tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < inter
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptr = X + tok[:, None] * stride_xt + offs_k[None, :]
+    w_base = W + e.to(tl.int64) * stride_we
+    wg_ptr = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    wu_ptr = wg_ptr + inter * stride_wn
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, hidden, BLOCK_K):
+        kmask = (k0 + offs_k) < hidden
+        xt = tl.load(x_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        wg = tl.load(wg_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        wu = tl.load(wu_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        acc_g = tl.dot(xt, wg, acc_g, input_precision=PRECISION)
+        acc_u = tl.dot(xt, wu, acc_u, input_precision=PRECISION)
+        x_ptr += BLOCK_K
+        wg_ptr += BLOCK_K * stride_wk
+        wu_ptr += BLOCK_K * stride_wk
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+    tl.store(H + rows.to(tl.int64)[:, None] * stride_ht + offs_n[None, :], h.to(H.dtype.element_ty),
+             mask=rmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _down_kernel(
+    H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END,
+    hidden, inter,
+    stride_ht, stride_we, stride_wn, stride_wk, stride_yt,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    e = tl.load(BLK_EXPERT + pid_m)
+    if e < 0:
+        return
+    start = tl.load(BLK_START + pid_m)
+    end = tl.load(BLK_END + pid_m)
+    rows = start + tl.arange(0, BLOCK_M)
+    rmask = rows < end
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < hidden
+    offs_k = tl.arange(0, BLOCK_K)
+    h_ptr = H + rows.to(tl.int64)[:, None] * stride_ht + offs_k[None, :]
+    w_ptr = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, inter, BLOCK_K):
+        kmask = (k0 + offs_k) < inter
+        ht = tl.load(h_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        wt = tl.load(w_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        acc = tl.dot(ht, wt, acc, input_precision=PRECISION)
+        h_ptr += BLOCK_K
+        w_ptr += BLOCK_K * stride_wk
+    # Round the expert output to the model dtype before the router weight, as upstream does.
+    acc = acc.to(Y.dtype.element_ty).to(tl.float32)
+    wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
+    tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
+    tl.store(Y + tok[:, None] * stride_yt + offs_n[None, :], (acc * wr[:, None]).to(Y.dtype.element_ty),
+             mask=rmask[:, None] & nmask[None, :])
+
+
+def moe_config(num_tokens: int, num_experts: int, device: torch.device) -> KernelConfig:
+    """Small tiles when experts see few rows (decode), large ones for prefill."""
+    name = "moe_small" if num_tokens <= 32 * num_experts else "moe_large"
+    return kernel_config(name, device)
+
+
+def tile_schedule(
+    expert_ids: torch.Tensor, num_experts: int, block_m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted order and the per-tile (expert, first row, end row) table, without a host sync.
+
+    Returns (order [T] int32: sorted position -> token, block_expert [NB] int32 (-1 = unused
+    tile), block_start [NB], block_end [NB] int32), plus the sort permutation as int64.
+    NB = cdiv(T, block_m) + num_experts is the static upper bound on the number of tiles.
+    """
+    t = expert_ids.shape[0]
+    ids = expert_ids.to(torch.int64)
+    _, perm = torch.sort(ids, stable=True)
+    counts = torch.bincount(ids, minlength=num_experts + 1)[:num_experts]
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    tiles = (counts + block_m - 1) // block_m
+    tile_ends = torch.cumsum(tiles, 0)
+    nb = triton.cdiv(t, block_m) + num_experts
+    b = torch.arange(nb, device=ids.device)
+    e_of_b = torch.searchsorted(tile_ends, b, right=True)
+    valid = e_of_b < num_experts
+    e_c = e_of_b.clamp(max=num_experts - 1)
+    first_tile = tile_ends[e_c] - tiles[e_c]
+    block_start = starts[e_c] + (b - first_tile) * block_m
+    block_end = ends[e_c]
+    block_expert = torch.where(valid, e_c, torch.full_like(e_c, -1))
+    return (
+        perm.to(torch.int32),
+        block_expert.to(torch.int32),
+        block_start.to(torch.int32),
+        block_end.to(torch.int32),
+        perm,
+    )
+
+
+def moe_top1(
+    x: torch.Tensor,
+    expert_ids: torch.Tensor,
+    expert_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+) -> torch.Tensor:
+    """Triton grouped-GEMM top-1 MoE; same contract as `reference.moe_top1`.
+
+    x [T, H]; expert_ids [T] integer (E = skip); expert_weights [T] (any float dtype);
+    gate_up_proj [E, 2I, H]; down_proj [E, H, I]. Output [T, H] in x's dtype.
+    """
+    t, hidden = x.shape
+    num_experts, two_i, h_w = gate_up_proj.shape
+    inter = two_i // 2
+    if h_w != hidden or down_proj.shape != (num_experts, hidden, inter):
+        raise ValueError(
+            f"x {tuple(x.shape)}, gate_up_proj {tuple(gate_up_proj.shape)}, down_proj {tuple(down_proj.shape)} disagree"
+        )
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    out = torch.zeros_like(x)
+    if t == 0:
+        return out
+    cfg = moe_config(t, num_experts, x.device)
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    stages = cfg.num_stages
+    if x.dtype == torch.float32:
+        bm, bn, bk, stages = min(bm, 64), min(bn, 64), min(bk, 32), min(stages, 2)
+    order, blk_e, blk_s, blk_end, perm = tile_schedule(expert_ids, num_experts, bm)
+    sorted_w = expert_weights[perm]
+    h = torch.empty((t, inter), dtype=x.dtype, device=x.device)
+    nb = blk_e.shape[0]
+    _gate_up_kernel[(nb, triton.cdiv(inter, bn))](
+        x, gate_up_proj, h, order, blk_e, blk_s, blk_end,
+        hidden, inter,
+        x.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2), h.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
+        num_warps=cfg.num_warps, num_stages=stages,
+    )
+    _down_kernel[(nb, triton.cdiv(hidden, bn))](
+        h, down_proj, out, order, sorted_w, blk_e, blk_s, blk_end,
+        hidden, inter,
+        h.stride(0), down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), out.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
+        num_warps=cfg.num_warps, num_stages=stages,
+    )
+    return out

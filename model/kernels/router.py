@@ -1,0 +1,122 @@
+"""The ZAYA router MLP and its top-1 choice in one kernel.
+
+Unfused, the router is ~15 launches per layer (RMSNorm's elementwise ops, three linears, two
+GELUs, softmax, bias add, topk, gather, two masked fills) over tiny tensors ([T, 256] and
+[T, 17]), so at decode batch sizes it is launch-bound. Here one program takes BLOCK_T tokens
+through the whole chain with every intermediate in registers:
+  xn = rmsnorm(s);  for each chunk c of the router width R:
+      h1_c = gelu(xn @ W1[c]^T + b1[c]);  acc2 += h1_c @ W2[:, c]^T
+  h2 = gelu(acc2 + b2);  logits = h2 @ Wo^T;  p = softmax(logits);  e = argmax(p + bias)
+The weights (2 x R^2 + (E+1) x R values, ~260 KB in bf16 for R=256) stream through shared
+memory once per program and stay L2-resident across programs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .tuning import kernel_config
+
+
+@triton.jit
+def _gelu(x):
+    # Exact (erf) GELU, the default of nn.GELU used by upstream.
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def _router_kernel(
+    S, NW, W1, B1, W2, B2, WO, BIAS, OUT_W, OUT_E,
+    n_tokens, width, n_classes, eps, stride_s,
+    R_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr, CHUNK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    rmask = rows < n_tokens
+    cols = tl.arange(0, R_PAD)
+    cmask = cols < width
+    s = tl.load(S + rows.to(tl.int64)[:, None] * stride_s + cols[None, :],
+                mask=rmask[:, None] & cmask[None, :], other=0.0)
+    wdt = W1.dtype.element_ty
+    sf = s.to(wdt).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(sf * sf, axis=1) / width + eps)
+    nw = tl.load(NW + cols, mask=cmask, other=0.0).to(tl.float32)
+    xn = ((sf * rstd[:, None]).to(wdt).to(tl.float32) * nw[None, :]).to(wdt)
+
+    acc2 = tl.zeros([BLOCK_T, R_PAD], dtype=tl.float32)
+    offs_c = tl.arange(0, CHUNK)
+    for c0 in range(0, R_PAD, CHUNK):
+        ch = c0 + offs_c
+        chm = ch < width
+        # W1 rows of this chunk, transposed to [R, CHUNK]
+        w1t = tl.load(W1 + ch[None, :] * width + cols[:, None], mask=cmask[:, None] & chm[None, :], other=0.0)
+        b1 = tl.load(B1 + ch, mask=chm, other=0.0).to(tl.float32)
+        h1 = _gelu(tl.dot(xn, w1t, input_precision=PRECISION) + b1[None, :]).to(wdt)
+        # W2 columns of this chunk, transposed to [CHUNK, R]
+        w2t = tl.load(W2 + cols[None, :] * width + ch[:, None], mask=chm[:, None] & cmask[None, :], other=0.0)
+        acc2 = tl.dot(h1, w2t, acc2, input_precision=PRECISION)
+    b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(tl.float32)
+    h2 = _gelu(acc2 + b2[None, :]).to(wdt)
+
+    ecols = tl.arange(0, E_PAD)
+    emask = ecols < n_classes
+    wot = tl.load(WO + ecols[None, :] * width + cols[:, None], mask=cmask[:, None] & emask[None, :], other=0.0)
+    logits = tl.dot(h2, wot, input_precision=PRECISION)
+    logits = tl.where(emask[None, :], logits, float("-inf"))
+    mx = tl.max(logits, axis=1)
+    ex = tl.exp(logits - mx[:, None])
+    p = ex / tl.sum(ex, axis=1)[:, None]
+    bias = tl.load(BIAS + ecols, mask=emask, other=float("-inf")).to(tl.float32)
+    biased = tl.where(emask[None, :], p + bias[None, :], float("-inf"))
+    choice = tl.argmax(biased, axis=1)
+    w = tl.sum(tl.where(ecols[None, :] == choice[:, None], p, 0.0), axis=1)
+    w = tl.where(choice == n_classes - 1, 0.0, w)
+    tl.store(OUT_W + rows, w, mask=rmask)
+    tl.store(OUT_E + rows, choice.to(tl.int32), mask=rmask)
+
+
+def router_top1(
+    s: torch.Tensor,
+    norm_weight: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    out_weight: torch.Tensor,
+    balancing_biases: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton fused router; same contract as `reference.router_top1`.
+
+    s [T, R] with R the router width; fc weights [R, R] (nn.Linear layout, contiguous);
+    out_weight [E+1, R]. Intermediates are kept in fp32 and rounded to the weight dtype
+    between layers, so the choice can differ from the PyTorch path only on near-ties.
+    """
+    t, width = s.shape
+    n_classes = out_weight.shape[0]
+    for name, w in (("fc1_weight", fc1_weight), ("fc2_weight", fc2_weight)):
+        if w.shape != (width, width) or not w.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous [{width}, {width}] matrix, got {tuple(w.shape)}")
+    if out_weight.shape[1] != width or not out_weight.is_contiguous():
+        raise ValueError(f"out_weight must be a contiguous [E+1, {width}] matrix, got {tuple(out_weight.shape)}")
+    if s.stride(1) != 1:
+        s = s.contiguous()
+    out_w = torch.empty(t, dtype=torch.float32, device=s.device)
+    out_e = torch.empty(t, dtype=torch.int32, device=s.device)
+    if t == 0:
+        return out_w, out_e
+    cfg = kernel_config("router", s.device)
+    r_pad = max(16, triton.next_power_of_2(width))
+    chunk = min(cfg.block_k, r_pad)
+    block_t = max(16, cfg.block_m)
+    _router_kernel[(triton.cdiv(t, block_t),)](
+        s, norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias, out_weight, balancing_biases, out_w, out_e,
+        t, width, n_classes, eps, s.stride(0),
+        R_PAD=r_pad, E_PAD=max(16, triton.next_power_of_2(n_classes)), BLOCK_T=block_t, CHUNK=chunk,
+        PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out_w, out_e

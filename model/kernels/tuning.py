@@ -1,0 +1,132 @@
+"""Per-device launch parameters (block sizes, warps, pipeline stages) for the ZAYA1 kernels.
+
+Why a table and not autotuning: autotuning compiles and times many variants at first call,
+which costs seconds per shape inside a serving process and makes CUDA-graph capture awkward.
+A table keyed by device name keeps launches deterministic and lets each entry say where its
+numbers came from (measured on which GPU, on which date, or not measured at all).
+
+Lookup: `kernel_config(kernel, device_name)` picks the first table entry whose key is a
+substring of the device name (``torch.cuda.get_device_name()``), else ``DEFAULT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping
+
+import torch
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch parameters of one kernel on one device.
+
+    Only the fields a kernel uses are read; the others keep their defaults.
+    """
+
+    block_m: int = 64
+    block_n: int = 64
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+# Per-kernel entries. Keys are used by the launchers in this package:
+#   rms_norm            one program per row; block_n caps the chunk of the hidden dimension
+#   rotary              one program per token (all heads)
+#   prefill_attention   block_m query rows x block_n keys per step (flash-attention tiling)
+#   decode_attention    block_n cached tokens per step; block_m = split-K target programs per SM
+#   conv_decode         block_m batch rows per program (>= 16 for tl.dot)
+#   moe_small           grouped GEMM when few tokens per expert (decode): block_m rows per tile
+#   moe_large           grouped GEMM for prefill-sized token counts
+#   router              block_m tokens per program; block_k = chunk of the router width
+DeviceTable = Mapping[str, KernelConfig]
+
+# Measured on an NVIDIA H100 80GB HBM3 (see docs/results/kernels-*.md for the run).
+_HOPPER: DeviceTable = {
+    "rms_norm": KernelConfig(block_n=8192, num_warps=8),
+    "rotary": KernelConfig(num_warps=4),
+    "prefill_attention": KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3),
+    "decode_attention": KernelConfig(block_m=2, block_n=64, num_warps=4, num_stages=2),
+    "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
+    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4),
+    "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
+    "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
+}
+
+# AMD Instinct MI300X (ROCm): NOT MEASURED. No MI300X was available to this project; these
+# values follow the usual ROCm Triton guidance (64-wide wavefronts, so fewer warps; one or two
+# pipeline stages since the LDS is smaller than Hopper's shared memory) and must be re-timed
+# with scripts/bench_kernels.py on real hardware before they are trusted.
+_MI300X: DeviceTable = {
+    "rms_norm": KernelConfig(block_n=8192, num_warps=8),
+    "rotary": KernelConfig(num_warps=4),
+    "prefill_attention": KernelConfig(block_m=128, block_n=64, num_warps=4, num_stages=1),
+    "decode_attention": KernelConfig(block_m=2, block_n=64, num_warps=4, num_stages=1),
+    "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
+    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2),
+    "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=2),
+    "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
+}
+
+# Anything else (older NVIDIA parts, the CPU interpreter): conservative, small tiles that fit
+# the 100 KB shared memory of consumer GPUs.
+DEFAULT: DeviceTable = {
+    "rms_norm": KernelConfig(block_n=4096, num_warps=8),
+    "rotary": KernelConfig(num_warps=4),
+    "prefill_attention": KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
+    "decode_attention": KernelConfig(block_m=2, block_n=64, num_warps=4, num_stages=2),
+    "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
+    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2),
+    "moe_large": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
+    "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
+}
+
+TABLE: Mapping[str, DeviceTable] = {
+    "H100": _HOPPER,
+    "H200": _HOPPER,
+    "GH200": _HOPPER,
+    "MI300X": _MI300X,
+}
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """The accelerator's marketing name, or 'cpu' for CPU tensors (the Triton interpreter)."""
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(dev)
+
+
+@lru_cache(maxsize=None)
+def _table_for(name: str) -> DeviceTable:
+    for key, table in TABLE.items():
+        if key in name:
+            return table
+    return DEFAULT
+
+
+def kernel_config(kernel: str, device: torch.device | str | None = None) -> KernelConfig:
+    """Launch parameters for `kernel` on `device` (see the key list above)."""
+    table = _table_for(device_name(device))
+    if kernel not in table:
+        raise KeyError(f"no launch parameters for kernel {kernel!r}; known: {sorted(table)}")
+    return table[kernel]
+
+
+@lru_cache(maxsize=None)
+def multiprocessor_count(device_index: int) -> int:
+    """Number of SMs (CUs on ROCm); 1 on CPU so split heuristics stay sane."""
+    if not torch.cuda.is_available():
+        return 1
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def is_interpreter() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -63,6 +63,8 @@ def flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
         base += hi - lo
     if not chunks:
         return np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64)
+    if len(chunks) == 1:  # the common case: keep the zero-copy view of the values
+        return values[0], starts[0], lengths[0]
     return np.concatenate(values), np.concatenate(starts), np.concatenate(lengths)
 
 
@@ -122,17 +124,26 @@ def assemble_rows(items: pa.Table, bins: list[np.ndarray], context: int, pad_id:
         r = int(over[0])
         raise ValueError(f"bin {r} holds {int(row_tokens[r])} tokens > context {context}")
 
-    # Destination of each segment: its row's base plus the tokens before it in that row.
-    row_start = np.cumsum(row_tokens) - row_tokens  # tokens before each row, flat
-    before_in_row = np.cumsum(seg_len) - seg_len - row_start[row_of_seg]
-    dest_start = row_of_seg * context + before_in_row
-    src = gather_ranges(ids_start[order], seg_len)
-    dest = gather_ranges(dest_start, seg_len)
-
-    out_ids = np.full(rows * context, pad_id, dtype=np.int32)
-    out_ids[dest] = ids_v[src]
-    out_mask = np.zeros(rows * context, dtype=np.uint8)
-    out_mask[dest] = mask_v[gather_ranges(mask_start[order], seg_len)]
+    # One np.concatenate of slices (views, no copy) per column: each row's segments then
+    # a view of a padding buffer. Python touches each segment once, never each token,
+    # and long-CoT segments (thousands of tokens) make that a plain memcpy.
+    pad_len = (context - row_tokens).tolist()
+    pad_ids = np.full(context, pad_id, dtype=np.int32)
+    zeros = np.zeros(context, dtype=np.uint8)
+    ids_v = ids_v.astype(np.int32, copy=False)
+    mask_v = mask_v.astype(np.uint8, copy=False)
+    id_pieces: list[np.ndarray] = []
+    mask_pieces: list[np.ndarray] = []
+    seg_it = zip(ids_start[order].tolist(), mask_start[order].tolist(), seg_len.tolist())
+    for r, count in enumerate(counts.tolist()):
+        for _ in range(count):
+            s_ids, s_mask, n = next(seg_it)
+            id_pieces.append(ids_v[s_ids : s_ids + n])
+            mask_pieces.append(mask_v[s_mask : s_mask + n])
+        id_pieces.append(pad_ids[: pad_len[r]])
+        mask_pieces.append(zeros[: pad_len[r]])
+    out_ids = np.concatenate(id_pieces) if id_pieces else np.empty(0, np.int32)
+    out_mask = np.concatenate(mask_pieces) if mask_pieces else np.empty(0, np.uint8)
 
     row_offsets = np.arange(rows + 1, dtype=np.int64) * context
     seg_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

@@ -1,0 +1,383 @@
+"""Exact and near (MinHash LSH) deduplication across all sources of a build.
+
+Three steps, so that the expensive part is a map over batches and only the duplicates
+ever meet in one place:
+
+1. `signatures(table, spec, priority)`: per batch (a map step, numpy-vectorized), one row
+   per record: its key (priority, id, source, file_index, row_index), the xxh3 hash of
+   its normalized text (NFKC, lowercase, collapsed whitespace), its MinHash signature and
+   the LSH band hashes of that signature.
+2. `bucket_keys` + `bucket_edges`: records sharing an exact hash or a band hash fall in
+   one bucket; every member of a bucket is linked to the bucket's *anchor*, its smallest
+   key (near-duplicate links only where the estimated Jaccard similarity to the anchor
+   reaches `threshold`). Buckets are independent, so this runs per hash partition:
+   in-process (`resolve_duplicates`) or as a Ray Data groupby (`dedup_ray`).
+3. `resolve_edges`: union-find over the (few) links; each connected cluster keeps its
+   smallest key, the **survivor**: the lowest source `priority` (the lead passes the
+   source's position in the mixture file), then the smallest id, file and row. Every
+   other member is dropped as `exact_duplicate` (its normalized text equals a
+   smaller-keyed record's) or `near_duplicate`, naming the survivor.
+
+The survivor and the drop list depend only on the set of records, never on batch
+boundaries, batch order or the number of workers.
+
+`apply_drop_list(table, drops, ledger)` removes the dropped records from a batch and
+writes one ledger entry per record (stage `dedup`, counted per source).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from zaya_data.clean.config import CleanSpec, NearDedupSpec
+from zaya_data.clean.normalize import dedup_normalize, locations, record_texts
+from zaya_data.ledger import Ledger
+
+STAGE = "dedup"
+EXACT, NEAR = "exact_duplicate", "near_duplicate"
+
+KEY_COLUMNS = ["priority", "id", "source", "file_index", "row_index"]
+SIGNATURE_SCHEMA = pa.schema(
+    [
+        pa.field("priority", pa.int32()),
+        pa.field("id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("file_index", pa.int32()),
+        pa.field("row_index", pa.int64()),
+        pa.field("exact", pa.uint64()),
+        pa.field("minhash", pa.list_(pa.uint32())),
+        pa.field("bands", pa.list_(pa.uint64())),
+    ]
+)
+DROPS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("file_index", pa.int32()),
+        pa.field("row_index", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("survivor_id", pa.string()),
+    ]
+)
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_ROLL = np.uint64(0x100000001B3)  # odd multiplier of the rolling shingle/band hash
+# Shingle hashes go through the (a*x + b) >> 32 permutations in slices of this many
+# columns, so memory stays ~ shingles * 16 * 8 bytes whatever `permutations` is.
+_PERM_SLICE = 16
+_WORD = __import__("re").compile(r"\w+")
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer: spreads the bits of a rolling hash (uint64, wrapping)."""
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(30))
+        h = h * np.uint64(0xBF58476D1CE4E5B9)
+        h = h ^ (h >> np.uint64(27))
+        h = h * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+
+def _permutations(spec: NearDedupSpec) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(spec.seed)
+    a = rng.integers(1, 2**63, size=spec.permutations, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, size=spec.permutations, dtype=np.uint64)
+    return a, b
+
+
+def shingle_hashes(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 hashes of every n-word shingle of each (dedup-normalized) text, concatenated,
+    and the start offset of each text's shingles (len(texts) + 1 offsets). A text with
+    fewer than n words has one shingle of all its words; an empty text has none."""
+    word_hashes: list[int] = []
+    bounds = [0]
+    seen: dict[str, int] = {}  # words repeat a lot; hash each distinct word once per batch
+    for t in texts:
+        for w in _WORD.findall(dedup_normalize(t)):
+            h = seen.get(w)
+            if h is None:
+                h = seen[w] = xxhash.xxh3_64_intdigest(w.encode("utf-8", "surrogatepass"))
+            word_hashes.append(h)
+        bounds.append(len(word_hashes))
+    w = np.array(word_hashes, dtype=np.uint64)
+    counts = np.diff(np.array(bounds, dtype=np.int64))
+    starts = np.array(bounds[:-1], dtype=np.int64)
+    # Rolling hash of every full window of n words over the concatenation; windows that
+    # cross into the next text are discarded below.
+    total = len(w)
+    nwin = max(total - n + 1, 0)
+    roll = np.zeros(nwin, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            roll = roll * _ROLL + w[j : j + nwin]
+    per_doc = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1))
+    out_offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(per_doc, out=out_offsets[1:])
+    out = np.empty(out_offsets[-1], dtype=np.uint64)
+    full = counts >= n
+    fi = np.flatnonzero(full)
+    if len(fi):
+        reps = per_doc[fi]
+        within = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+        out[np.repeat(out_offsets[fi], reps) + within] = roll[np.repeat(starts[fi], reps) + within]
+    for i in np.flatnonzero(~full & (counts > 0)):
+        h = np.uint64(0)
+        with np.errstate(over="ignore"):
+            for x in w[starts[i] : starts[i] + counts[i]]:
+                h = h * _ROLL + x
+        out[out_offsets[i]] = h
+    return _mix(out), out_offsets
+
+
+def minhash(texts: list[str], spec: NearDedupSpec) -> np.ndarray:
+    """(len(texts), permutations) uint32 MinHash signatures. A text without words gets
+    all-0xFFFFFFFF (it has no shingles; exact dedup is what catches empty texts)."""
+    shingles, offsets = shingle_hashes(texts, spec.shingle)
+    a, b = _permutations(spec)
+    sig = np.full((len(texts), spec.permutations), 0xFFFFFFFF, dtype=np.uint32)
+    nonempty = np.flatnonzero(np.diff(offsets) > 0)
+    if len(nonempty) == 0:
+        return sig
+    starts = offsets[:-1][nonempty]
+    for lo in range(0, spec.permutations, _PERM_SLICE):
+        hi = min(lo + _PERM_SLICE, spec.permutations)
+        with np.errstate(over="ignore"):
+            h = ((shingles[:, None] * a[None, lo:hi] + b[None, lo:hi]) >> np.uint64(32)).astype(np.uint32)
+        sig[nonempty, lo:hi] = np.minimum.reduceat(h, starts, axis=0)
+    return sig
+
+
+def band_hashes(sig: np.ndarray, spec: NearDedupSpec) -> np.ndarray:
+    """(n, bands) uint64: one hash per band of `rows` consecutive signature values."""
+    n = sig.shape[0]
+    rows = sig.reshape(n, spec.bands, spec.rows).astype(np.uint64)
+    h = np.broadcast_to(np.arange(spec.bands, dtype=np.uint64)[None, :], (n, spec.bands)).copy()
+    with np.errstate(over="ignore"):
+        for r in range(spec.rows):
+            h = h * _ROLL + rows[:, :, r]
+    return _mix(h)
+
+
+def exact_hashes(texts: list[str]) -> np.ndarray:
+    return np.array(
+        [xxhash.xxh3_64_intdigest(dedup_normalize(t).encode("utf-8", "surrogatepass")) for t in texts], dtype=np.uint64
+    )
+
+
+def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0) -> pa.Table:
+    """The dedup signature of each record of a DOCUMENT or REASONING batch (SIGNATURE_SCHEMA).
+    `priority`: the source's rank (lower wins a cluster). Empty `minhash`/`bands` lists
+    when near dedup is off."""
+    texts = record_texts(table)
+    n = len(texts)
+    if spec.near_dedup is not None:
+        sig = minhash(texts, spec.near_dedup)
+        bands = band_hashes(sig, spec.near_dedup)
+        p, b = spec.near_dedup.permutations, spec.near_dedup.bands
+        mh = pa.ListArray.from_arrays(pa.array(np.arange(0, n * p + 1, p, dtype=np.int32)), pa.array(sig.ravel()))
+        bh = pa.ListArray.from_arrays(pa.array(np.arange(0, n * b + 1, b, dtype=np.int32)), pa.array(bands.ravel()))
+    else:
+        empty = np.zeros(n + 1, dtype=np.int32)
+        mh = pa.ListArray.from_arrays(pa.array(empty), pa.array([], pa.uint32()))
+        bh = pa.ListArray.from_arrays(pa.array(empty), pa.array([], pa.uint64()))
+    return pa.table(
+        [
+            pa.array(np.full(n, priority, dtype=np.int32)),
+            table.column("id").combine_chunks().cast(pa.string()),
+            table.column("source").combine_chunks().cast(pa.string()),
+            table.column("file_index").combine_chunks().cast(pa.int32()),
+            table.column("row_index").combine_chunks().cast(pa.int64()),
+            pa.array(exact_hashes(texts)),
+            mh,
+            bh,
+        ],
+        schema=SIGNATURE_SCHEMA,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# buckets -> links
+
+
+def bucket_keys(sigs: pa.Table, spec: CleanSpec) -> pa.Table:
+    """One row per (record, bucket it falls in): `slot` 0 is the exact-hash bucket (when
+    exact dedup is on), `slot` 1+b is LSH band b. Carries the record key and its MinHash
+    so a bucket can be resolved without looking anything up."""
+    parts = []
+    n = sigs.num_rows
+    key_cols = {c: sigs.column(c) for c in KEY_COLUMNS}
+    if spec.exact_dedup:
+        parts.append(
+            pa.table({"slot": pa.array(np.zeros(n, dtype=np.int16)), "bucket": sigs.column("exact"), **key_cols,
+                      "minhash": sigs.column("minhash")})
+        )
+    if spec.near_dedup is not None and n:
+        nb = spec.near_dedup.bands
+        bands = sigs.column("bands").combine_chunks()
+        lens = pc.list_value_length(bands).to_numpy(zero_copy_only=False)
+        if not (lens == nb).all():
+            raise ValueError(f"signature table has band lists of lengths {sorted(set(lens.tolist()))}, spec says {nb} bands")
+        take = pa.array(np.repeat(np.arange(n), nb))
+        parts.append(
+            pa.table(
+                {
+                    "slot": pa.array(np.tile(np.arange(1, nb + 1, dtype=np.int16), n)),
+                    "bucket": bands.flatten(),
+                    **{c: col.take(take) for c, col in key_cols.items()},
+                    "minhash": sigs.column("minhash").take(take),
+                }
+            )
+        )
+    if not parts:
+        return pa.table({"slot": pa.array([], pa.int16()), "bucket": pa.array([], pa.uint64())})
+    return pa.concat_tables(parts)
+
+
+EDGE_SCHEMA = pa.schema(
+    [
+        pa.field("exact", pa.bool_()),
+        *[pa.field(f"m_{c}", SIGNATURE_SCHEMA.field(c).type) for c in KEY_COLUMNS],
+        *[pa.field(f"a_{c}", SIGNATURE_SCHEMA.field(c).type) for c in KEY_COLUMNS],
+    ]
+)
+
+_SORT = [("slot", "ascending"), ("bucket", "ascending")] + [(c, "ascending") for c in KEY_COLUMNS]
+
+
+def bucket_edges(keys: pa.Table, threshold: float) -> pa.Table:
+    """Links (member -> anchor) within every bucket of `keys` (a whole number of buckets:
+    every row of a bucket must be present). Anchor = smallest key in the bucket; a near
+    (band) link needs estimated Jaccard(member, anchor) >= threshold."""
+    if keys.num_rows == 0:
+        return EDGE_SCHEMA.empty_table()
+    keys = keys.sort_by(_SORT)
+    slot = keys.column("slot").to_numpy()
+    bucket = keys.column("bucket").to_numpy()
+    n = len(slot)
+    first = np.ones(n, dtype=bool)
+    first[1:] = (slot[1:] != slot[:-1]) | (bucket[1:] != bucket[:-1])
+    anchor = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    member = np.flatnonzero(~first)
+    if len(member) == 0:
+        return EDGE_SCHEMA.empty_table()
+    anc = anchor[member]
+    is_exact = slot[member] == 0
+    keep = is_exact.copy()
+    near = np.flatnonzero(~is_exact)
+    if len(near):
+        mh = keys.column("minhash").combine_chunks()
+        p = int(pc.list_value_length(mh)[0].as_py()) if len(mh) else 0
+        flat = mh.flatten().to_numpy().reshape(-1, p)
+        sim = (flat[member[near]] == flat[anc[near]]).mean(axis=1)
+        keep[near] = sim >= threshold
+    member, anc, is_exact = member[keep], anc[keep], is_exact[keep]
+    cols = {"exact": pa.array(is_exact)}
+    m_idx, a_idx = pa.array(member), pa.array(anc)
+    for c in KEY_COLUMNS:
+        col = keys.column(c)
+        cols[f"m_{c}"] = col.take(m_idx)
+    for c in KEY_COLUMNS:
+        cols[f"a_{c}"] = keys.column(c).take(a_idx)
+    return pa.table(cols, schema=EDGE_SCHEMA)
+
+
+def resolve_edges(edges: Iterable[pa.Table]) -> pa.Table:
+    """Union-find over links; returns the drop list (DROPS_SCHEMA), sorted by key."""
+    tables = [t for t in edges if t.num_rows]
+    if not tables:
+        return DROPS_SCHEMA.empty_table()
+    e = pa.concat_tables(tables).to_pydict()
+    parent: dict[tuple, tuple] = {}
+
+    def find(x: tuple) -> tuple:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    exact_members: set[tuple] = set()
+    m_keys = list(zip(*(e[f"m_{c}"] for c in KEY_COLUMNS)))
+    a_keys = list(zip(*(e[f"a_{c}"] for c in KEY_COLUMNS)))
+    for m, a, ex in zip(m_keys, a_keys, e["exact"]):
+        if ex:
+            exact_members.add(m)
+        rm, ra = find(m), find(a)
+        if rm != ra:
+            # the smaller key becomes the root, so each cluster's root is its minimum
+            lo, hi = (rm, ra) if rm < ra else (ra, rm)
+            parent[hi] = lo
+    rows = sorted(k for k in set(m_keys) | set(a_keys) if find(k) != k)
+    ix = {c: KEY_COLUMNS.index(c) for c in KEY_COLUMNS}
+    return pa.table(
+        {
+            "id": [k[ix["id"]] for k in rows],
+            "source": [k[ix["source"]] for k in rows],
+            "file_index": [k[ix["file_index"]] for k in rows],
+            "row_index": [k[ix["row_index"]] for k in rows],
+            "reason": [EXACT if k in exact_members else NEAR for k in rows],
+            "survivor_id": [find(k)[ix["id"]] for k in rows],
+        },
+        schema=DROPS_SCHEMA,
+    )
+
+
+def threshold_of(spec: CleanSpec) -> float:
+    return spec.near_dedup.threshold if spec.near_dedup is not None else 1.0
+
+
+def resolve_duplicates(signature_tables: Iterable[pa.Table], spec: CleanSpec, partitions: int = 1) -> pa.Table:
+    """In-process resolution of all signatures of a build -> drop list (DROPS_SCHEMA).
+    `partitions` > 1 resolves hash partitions of the buckets one at a time (bounded
+    memory for the bucket sort); the result is the same for any value."""
+    keys = [bucket_keys(t, spec) for t in signature_tables]
+    keys = [k for k in keys if k.num_rows]
+    if not keys:
+        return DROPS_SCHEMA.empty_table()
+    allk = pa.concat_tables(keys)
+    thr = threshold_of(spec)
+    if partitions <= 1:
+        return resolve_edges([bucket_edges(allk, thr)])
+    part = partition_of(allk, partitions)
+    return resolve_edges(bucket_edges(allk.filter(pc.equal(part, p)), thr) for p in range(partitions))
+
+
+def partition_of(keys: pa.Table, partitions: int) -> pa.Array:
+    """Which hash partition each bucket row goes to (all rows of a bucket go together)."""
+    slot = keys.column("slot").to_numpy().astype(np.uint64)
+    bucket = keys.column("bucket").to_numpy()
+    with np.errstate(over="ignore"):
+        return pa.array((_mix(bucket + slot) % np.uint64(partitions)).astype(np.int64))
+
+
+def apply_drop_list(table: pa.Table, drops: pa.Table, ledger: Ledger, stage: str = STAGE) -> pa.Table:
+    """Remove the records of `drops` (matched on source, file_index, row_index: unique per
+    record even when two identical records share an id) and count each in the ledger."""
+    if drops.num_rows == 0 or table.num_rows == 0:
+        return table
+    dkeys = {
+        (s, f, r): (reason, surv)
+        for s, f, r, reason, surv in zip(
+            drops.column("source").to_pylist(), drops.column("file_index").to_pylist(),
+            drops.column("row_index").to_pylist(), drops.column("reason").to_pylist(),
+            drops.column("survivor_id").to_pylist(),
+        )
+    }
+    sources = table.column("source").to_pylist()
+    files = table.column("file_index").to_pylist()
+    rows = table.column("row_index").to_pylist()
+    ids = table.column("id").to_pylist()
+    where = locations(table)
+    mask = []
+    for i, key in enumerate(zip(sources, files, rows)):
+        hit = dkeys.get(key)
+        if hit is not None:
+            ledger.reject(stage, hit[0], sources[i], location=where[i], record_id=ids[i], detail=f"survivor {hit[1]}")
+        mask.append(hit is None)
+    return table.filter(pa.array(mask, pa.bool_()))

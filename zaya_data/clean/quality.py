@@ -1,0 +1,132 @@
+"""Heuristic quality filters: datatrove's own filters, applied to Arrow batches.
+
+We reuse datatrove 0.10.1's GopherQualityFilter, GopherRepetitionFilter, C4QualityFilter
+and FineWebQualityFilter unchanged: each record becomes a datatrove `Document`, each
+filter's `filter()` answers keep / (drop, reason), and a drop becomes a ledger entry
+`quality / <filter>:<reason>` naming the record. Filters run in a fixed order and the
+first one that drops a record names it, as in datatrove's pipeline.
+
+One thing differs, and only in speed: datatrove's English word splitter runs the whole
+blank spaCy pipeline (tokenizer + sentencizer) to get words. `WordsOnlyTokenizer` runs
+just spaCy's tokenizer for words, which yields the same tokens (the sentencizer only
+marks sentence starts), and delegates sentence splitting to datatrove's own tokenizer.
+`tests/test_clean_quality.py` checks the decisions are identical to datatrove's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pyarrow as pa
+
+from zaya_data.clean.config import CleanSpec
+from zaya_data.clean.normalize import locations, record_texts
+from zaya_data.ledger import Ledger
+
+STAGE = "quality"
+
+
+def _filter_classes() -> dict[str, type]:
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+
+    return {
+        "gopher_quality": GopherQualityFilter,
+        "gopher_repetition": GopherRepetitionFilter,
+        "c4": C4QualityFilter,
+        "fineweb": FineWebQualityFilter,
+    }
+
+
+# Constructor arguments that make no sense in a config file (we own the writer and the
+# word splitter).
+_NOT_CONFIGURABLE = {"self", "exclusion_writer", "language"}
+
+
+def filter_parameters(name: str) -> set[str]:
+    """The keyword arguments the mixture file may pass to datatrove filter `name`."""
+    cls = _filter_classes()[name]
+    return set(inspect.signature(cls.__init__).parameters) - _NOT_CONFIGURABLE
+
+
+class WordsOnlyTokenizer:
+    """datatrove `WordTokenizer` for English that skips the sentencizer for words."""
+
+    def __new__(cls) -> Any:
+        # Built lazily as a real WordTokenizer subclass so importing this module does not
+        # import spaCy.
+        from datatrove.utils.word_tokenizers import SpaCyTokenizer, strip_strings
+
+        class _Words(SpaCyTokenizer):
+            def word_tokenize(self, text: str) -> list[str]:
+                nlp = self.tokenizer
+                with nlp.memory_zone():
+                    nlp.max_length = len(text) + 10
+                    return strip_strings([t.text for t in nlp.tokenizer(text)])
+
+            def __reduce__(self) -> tuple:  # picklable for Ray workers
+                return (WordsOnlyTokenizer, ())
+
+        return _Words("en")
+
+
+def _thaw(v: Any) -> Any:
+    return tuple(_thaw(x) for x in v) if isinstance(v, tuple) else v
+
+
+def build_filters(spec: CleanSpec) -> list[tuple[str, Any]]:
+    """(name, datatrove filter instance) for each filter the spec enables, in order."""
+    classes = _filter_classes()
+    words = WordsOnlyTokenizer()
+    out = []
+    for name, args in spec.quality_filters.items():
+        kwargs = {k: _thaw(v) for k, v in args.items()}
+        out.append((name, classes[name](language=words, **kwargs)))
+    return out
+
+
+class QualityFilter:
+    """Callable stage: `QualityFilter(spec)(table, ledger) -> table` keeps the records
+    every enabled filter keeps. Works on DOCUMENT (text) and REASONING (prompt, reasoning
+    and answer joined) tables. `stats` counts kept/dropped per filter reason."""
+
+    def __init__(self, spec: CleanSpec) -> None:
+        self.filters = build_filters(spec)
+        self.stats: dict[str, int] = {}
+
+    def keep_mask(self, table: pa.Table, ledger: Ledger) -> list[bool]:
+        from datatrove.data import Document
+
+        texts = record_texts(table)
+        ids = table.column("id").to_pylist()
+        sources = table.column("source").to_pylist()
+        where = locations(table)
+        mask = []
+        for i, text in enumerate(texts):
+            keep = True
+            # One Document through the chain, as in datatrove's pipeline: C4QualityFilter
+            # drops lines from doc.text and the filters after it judge what is left. The
+            # record itself keeps its original text (a reasoning sample cannot lose lines).
+            doc = Document(text=text, id=ids[i])
+            for name, flt in self.filters:
+                res = flt.filter(doc)
+                ok, reason = (res, None) if not isinstance(res, tuple) else res
+                if not ok:
+                    full = f"{name}:{reason or 'dropped'}"
+                    ledger.reject(STAGE, full, sources[i], location=where[i], record_id=ids[i])
+                    self.stats[full] = self.stats.get(full, 0) + 1
+                    keep = False
+                    break
+            mask.append(keep)
+        self.stats["kept"] = self.stats.get("kept", 0) + sum(mask)
+        return mask
+
+    def __call__(self, table: pa.Table, ledger: Ledger) -> pa.Table:
+        if not self.filters or table.num_rows == 0:
+            return table
+        return table.filter(pa.array(self.keep_mask(table, ledger), pa.bool_()))

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zaya_data.packing import best_fit_decreasing, packing_efficiency, sequential_pack
+from zaya_data.packing import (
+    best_fit_decreasing,
+    packing_efficiency,
+    sequential_pack,
+    shuffle_bins,
+    tiebreak_keys,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -127,3 +133,24 @@ def test_bfd_handles_a_million_items_exactly_once() -> None:
     sums = np.add.reduceat(lengths[np.concatenate(bins)], starts)
     assert sums.max() <= 32768
     assert packing_efficiency(lengths, bins, 32768) >= 0.99
+
+
+def test_tiebreak_keys_make_packing_independent_of_input_order() -> None:
+    ids = [f"src:{i}" for i in range(40)]
+    lengths = np.array([5, 5, 3, 3, 2, 2, 7, 1] * 5)
+    keys = tiebreak_keys(ids)
+    assert keys.dtype == np.uint64 and len(set(keys.tolist())) == 40
+    assert tiebreak_keys(["a"], [1])[0] != tiebreak_keys(["a"], [0])[0]
+    perm = np.random.default_rng(0).permutation(40)
+    a = best_fit_decreasing(lengths, 10, tiebreak=keys)
+    b = best_fit_decreasing(lengths[perm], 10, tiebreak=tiebreak_keys([ids[i] for i in perm]))
+    assert [[ids[i] for i in x] for x in a] == [[ids[perm[i]] for i in x] for x in b]
+
+
+def test_shuffle_bins_is_a_seeded_permutation() -> None:
+    bins = [np.array([i]) for i in range(10)]
+    s1, s2 = shuffle_bins(bins, 3), shuffle_bins(bins, 3)
+    assert [b.tolist() for b in s1] == [b.tolist() for b in s2]
+    assert sorted(int(b[0]) for b in s1) == list(range(10))
+    assert [int(b[0]) for b in s1] != list(range(10))
+    assert [int(b[0]) for b in shuffle_bins(bins, 4)] != [int(b[0]) for b in s1]

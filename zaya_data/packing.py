@@ -15,6 +15,7 @@ seconds of pure Python.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from bisect import bisect_left, insort
 
@@ -129,3 +130,25 @@ def packing_efficiency(lengths: np.ndarray, bins: list[np.ndarray], capacity: in
     lens = np.asarray(lengths, dtype=np.int64)
     tokens = int(lens[np.concatenate(bins)].sum())
     return tokens / (len(bins) * capacity)
+
+
+def tiebreak_keys(ids: list[str], pieces: list[int] | None = None) -> np.ndarray:
+    """uint64 keys from item ids (and piece numbers): equal-length items are then ordered
+    by content identity, not by where they sat in the input, so the packing is the same
+    whichever worker produced which item first."""
+    pieces = pieces if pieces is not None else [0] * len(ids)
+    if len(pieces) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(pieces)} pieces")
+    keys = np.empty(len(ids), dtype=np.uint64)
+    for i, (item_id, piece) in enumerate(zip(ids, pieces)):
+        digest = hashlib.blake2b(f"{item_id}#{piece}".encode(), digest_size=8).digest()
+        keys[i] = int.from_bytes(digest, "little")
+    return keys
+
+
+def shuffle_bins(bins: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    """Bins in a seeded random order. BFD creates bins longest-item first, so written in
+    creation order a phase would put all long-CoT rows before the short-document rows;
+    shuffle before writing shards so every shard sees the whole mix."""
+    perm = np.random.default_rng(seed).permutation(len(bins))
+    return [bins[i] for i in perm.tolist()]

@@ -5,9 +5,9 @@ order, then padding (the tokenizer's pad id, loss 0) at the end. Each row carrie
 segment lengths, sources, ids and categories so a trainer can reset position ids or use
 variable-length attention, and the audit can say where every token came from.
 
-Rows are assembled with numpy scatter/gather over the flat token buffers of the input
-lists (no per-token Python), and shards are written with fixed writer options so the
-same rows always give the same bytes.
+Rows are assembled by one numpy concatenate of slices of the input lists' flat token
+buffers (Python touches each segment, never each token), and shards are written with
+fixed writer options so the same rows always give the same bytes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,54 @@
+"""Accumulate mapped rows in per-column Python lists and turn them into one Arrow table
+per batch: one `pa.array` call per column per batch, none per record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from zaya_data.schema import SCHEMAS
+
+# Columns each Mapper tuple fills, in tuple order (the rest are constant or provenance).
+_VALUE_COLUMNS = {
+    "document": ("id", "text", "meta"),
+    "reasoning": ("id", "prompt", "reasoning", "answer", "reference_answer", "meta"),
+    "rollout_group": ("problem_id", "problem", "reference_answer", "rollouts", "meta"),
+}
+
+
+class RowBuffer:
+    """Rows of one read unit, flushed as `pa.Table`s of the kind's canonical schema."""
+
+    def __init__(self, kind: str, source: str, category: str, file_index: int, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.schema: pa.Schema = SCHEMAS[kind]
+        self.source = source
+        self.category = category
+        self.file_index = file_index
+        self.batch_size = batch_size
+        self.names = _VALUE_COLUMNS[kind]
+        self.rows: list[tuple[Any, ...]] = []
+        self.row_index: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, values: tuple[Any, ...], row_index: int) -> bool:
+        """Append one row; True when the buffer holds a full batch (call `flush`)."""
+        self.rows.append(values)
+        self.row_index.append(row_index)
+        return len(self.rows) >= self.batch_size
+
+    def flush(self) -> pa.Table:
+        n = len(self.rows)
+        columns = dict(zip(self.names, zip(*self.rows))) if n else {k: () for k in self.names}
+        columns["source"] = [self.source] * n
+        columns["category"] = [self.category] * n
+        columns["file_index"] = [self.file_index] * n
+        columns["row_index"] = self.row_index
+        arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema]
+        self.rows = []
+        self.row_index = []
+        return pa.Table.from_arrays(arrays, schema=self.schema)

@@ -14,8 +14,8 @@ context cannot be saved and is rejected by the stage.
 
 Boundaries are found on the reasoning text through the encoding's character offsets, so
 they work for any tokenizer: a cut between tokens k-1 and k is at a boundary when
-- token k-1 ends a line (its text, less trailing spaces/tabs, ends with a newline), or
-- token k-1 ends with ".", "?" or "!" and the next character is a space or newline;
+- the kept text, less trailing spaces/tabs, ends with a newline (a line end), or
+- it ends with ".", "?" or "!" and the next character is a space or newline;
 and never when tokens k-1 and k share one character (a byte-level split of a multi-byte
 character), so a trimmed prefix never ends inside a character.
 """
@@ -50,12 +50,15 @@ def cut_is_boundary(text: str, offsets: Sequence[tuple[int, int]], k: int) -> bo
     """Whether cutting before token `k` (keeping tokens [0, k)) lands on a line or
     sentence boundary of `text`. `offsets` are the tokens' character spans; k >= 1 and
     token k must exist (a trimmed prefix always drops at least one token)."""
-    start, end = offsets[k - 1]
+    end = offsets[k - 1][1]
     if offsets[k][0] < end:  # tokens k-1 and k are bytes of one character
         return False
-    if text[start:end].rstrip(" \t").endswith("\n"):
+    p = end
+    while p > 0 and text[p - 1] in " \t":  # a line's trailing indentation still ends it
+        p -= 1
+    if p > 0 and text[p - 1] == "\n":
         return True
-    return end < len(text) and end >= 1 and text[end - 1] in ".?!" and text[end] in " \n"
+    return 0 < end < len(text) and text[end - 1] in ".?!" and text[end] in " \n"
 
 
 def choose_cut(text: str, offsets: Sequence[tuple[int, int]], budget: int, window: int) -> int:

@@ -62,10 +62,27 @@ class _RayAdapter:
         return {"result": [json.dumps(self.worker.run(json.loads(j))) for j in batch["job"]]}
 
 
+def _local_ray_on_loopback() -> None:
+    """Keep a single-machine Ray instance on 127.0.0.1.
+
+    Ray resolves "localhost" to the machine's network address on purpose (so other nodes
+    can join); a local instance has no other nodes, and binding its GCS, raylet and object
+    store to the network interface would expose them for nothing. Ray's switch for this is
+    the one it uses on laptops; it is read at import and again when a node starts.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray._private.ray_constants as rc
+
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        rc.ENABLE_RAY_CLUSTER = False
+
+
 class RayExecutor:
     """Schedules jobs on Ray Data: a local instance by default, or a cluster address."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, progress: bool = True):
+        if not address:
+            _local_ray_on_loopback()
         import ray
         import ray.data
 

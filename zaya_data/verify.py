@@ -116,7 +116,7 @@ def _check_row_group(
     bad = np.flatnonzero(mask_n != ids_n)
     _report_rows(report, file, bad, base, lambda i: f"loss_mask has {mask_n[i]} values, input_ids {ids_n[i]}")
     for name in ("segment_sources", "segment_ids", "segment_categories"):
-        _, _, other_n = flat_lists(tbl.column(name).cast(pa.list_(pa.string())))
+        _, _, other_n = flat_lists(tbl.column(name))
         bad = np.flatnonzero(other_n != seg_n)
         _report_rows(
             report, file, bad, base,
@@ -156,8 +156,7 @@ def _check_row_group(
     counts.padding_tokens += int(pad.sum())
     counts.loss_tokens += int(np.count_nonzero(mask_v))
     counts.segments += int(seg_n.sum())
-    src_v, _, _ = flat_lists(tbl.column("segment_sources").cast(pa.list_(pa.string())))
-    _, _, src_n = flat_lists(tbl.column("segment_sources").cast(pa.list_(pa.string())))
+    src_v, _, src_n = flat_lists(tbl.column("segment_sources"))
     if not np.array_equal(src_n, seg_n):
         counts.sources_aligned = False
     elif src_v.size:

@@ -57,7 +57,9 @@ def read_manifest(phase_dir: str | Path) -> dict[str, Any]:
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         raise ManifestError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
-    for key, kind in (("context", int), ("shards", list)):
+    # RL prompt phases have no context: they are prompt sets, not token rows.
+    required = (("shards", list),) if data.get("kind") == "prompts" else (("context", int), ("shards", list))
+    for key, kind in required:
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise ManifestError(f"{path}: key {key!r} missing or not {kind.__name__}")
     for i, shard in enumerate(data["shards"]):

@@ -284,7 +284,9 @@ class RSARun:
         requests: list[GenerationRequest] = []
         meta: list[dict[str, Any]] = []
         for p in problems:
-            cands = population.get(p.problem_id, [])
+            if p.problem_id not in population:
+                continue  # left the chain in an earlier round (skipped as unanimous), already counted
+            cands = population[p.problem_id]
             if not cands:
                 stats["no_population"] += 1
                 ledger.reject(STAGE, "no_population", cfg.name, record_id=p.problem_id, location=f"round {r}",
@@ -389,9 +391,10 @@ class RSARun:
                               columns=["id", "problem_id", "target", "aggregate_answer", "rejection"])
         out: dict[str, list[Candidate]] = {}
         for row in table.to_pylist():
+            cands = out.setdefault(row["problem_id"], [])
             if row["rejection"] in ("teacher_error", "empty_target"):
                 continue
-            out.setdefault(row["problem_id"], []).append(Candidate(row["id"], row["target"], row["aggregate_answer"]))
+            cands.append(Candidate(row["id"], row["target"], row["aggregate_answer"]))
         return out
 
     # -- driver ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ turns it off):
       benchmarks:                 # list of {name, path, format: jsonl|parquet,
         - {name: aime24, path: ..., format: jsonl, fields: {problem: problem, answer: answer}}
       ngram: 13
+      min_overlap: 0.5            # fraction of an item's distinct n-grams a record must share
     validate:                     # reasoning samples; off unless present
       require_answer: true
       answer_pattern: boxed       # "boxed" or a regex whose group 1 (or whole match) is the answer
@@ -95,6 +96,7 @@ class BenchmarkSpec:
 class DecontamSpec:
     benchmarks: tuple[BenchmarkSpec, ...] = ()
     ngram: int = 13
+    min_overlap: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -296,7 +298,7 @@ def _benchmark(b: Any, origin: str, i: int) -> BenchmarkSpec:
 
 def _decontam(value: Any, origin: str) -> DecontamSpec | None:
     def parse(m: dict[str, Any]) -> DecontamSpec:
-        m = _mapping(m, origin, "decontaminate", {"benchmarks", "ngram"})
+        m = _mapping(m, origin, "decontaminate", {"benchmarks", "ngram", "min_overlap"})
         benches = m.get("benchmarks", [])
         if not isinstance(benches, list):
             raise _err(origin, "decontaminate.benchmarks", f"expected a list, got {type(benches).__name__}")
@@ -304,7 +306,11 @@ def _decontam(value: Any, origin: str) -> DecontamSpec | None:
         names = [b.name for b in parsed]
         if len(set(names)) != len(names):
             raise _err(origin, "decontaminate.benchmarks", f"duplicate benchmark names in {names}")
-        return DecontamSpec(benchmarks=parsed, ngram=_int(m.get("ngram", 13), origin, "decontaminate.ngram", 1))
+        return DecontamSpec(
+            benchmarks=parsed,
+            ngram=_int(m.get("ngram", 13), origin, "decontaminate.ngram", 1),
+            min_overlap=_float(m.get("min_overlap", 0.5), origin, "decontaminate.min_overlap", 0.0, 1.0),
+        )
 
     return _stage(value, origin, "decontaminate", parse)
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
+import numpy as np
+from tokenizers import Tokenizer, pre_tokenizers
 
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
@@ -55,6 +56,10 @@ class LoadedTokenizer:
     eos_id: int | None
     special: dict[str, int] = field(default_factory=dict)
     tokenizer_file: str = ""
+    # For byte-level BPE: the number of UTF-8 bytes each id stands for (-1 where unknown),
+    # so trimming can find the text position of a token without re-tokenizing; None for
+    # other tokenizers.
+    byte_lengths: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_manifest(self) -> dict[str, Any]:
         return {
@@ -119,6 +124,27 @@ def _configured_ids(folder: Path, tok: Tokenizer) -> dict[str, int | None]:
     return found
 
 
+def _byte_lengths(tok: Tokenizer) -> np.ndarray | None:
+    """UTF-8 byte length of every id of a byte-level BPE (its vocabulary is written in
+    the 256-symbol byte alphabet, one symbol per byte); None for any other tokenizer."""
+    spec = json.loads(tok.to_str())
+    decoder = spec.get("decoder") or {}
+    decoders = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+    if spec.get("normalizer") is not None or (spec.get("model") or {}).get("type") != "BPE":
+        return None
+    if not any(d.get("type") == "ByteLevel" for d in decoders):
+        return None
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    out = np.full(tok.get_vocab_size(with_added_tokens=True), -1, dtype=np.int64)
+    for token, tid in tok.get_vocab(with_added_tokens=False).items():
+        if tid < out.size and all(c in alphabet for c in token):
+            out[tid] = len(token)
+    for tid, added in tok.get_added_tokens_decoder().items():
+        if tid < out.size:
+            out[tid] = len(added.content.encode("utf-8"))
+    return out
+
+
 def _resolve(path: str) -> tuple[Path, Path]:
     """(tokenizer.json, folder holding its configs) for a user-given path."""
     if path == EMBEDDED:
@@ -178,6 +204,7 @@ def _load(path: str) -> LoadedTokenizer:
         eos_id=ids["eos"],
         special=special,
         tokenizer_file=str(file.resolve()),
+        byte_lengths=_byte_lengths(tok),
     )
 
 

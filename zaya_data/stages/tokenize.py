@@ -30,7 +30,7 @@ from zaya_data.ledger import Ledger
 from zaya_data.schema import TOKENIZED
 from zaya_data.specs import TemplateSpec
 from zaya_data.stages.template import Piece, loss_value, validate_template
-from zaya_data.stages.trim import choose_cut, plan_trim
+from zaya_data.stages.trim import choose_cut, choose_cut_bytes, plan_trim
 from zaya_data.tokenizer import load_tokenizer
 
 SOURCE_KINDS = ("reasoning", "document")
@@ -252,13 +252,37 @@ class FormatTokenizeTrim:
         idx = np.nonzero(needs)[0]
         if idx.size:
             ids_flat, lens = flat
-            offsets = self._offsets(texts, idx, ids_flat, np.cumsum(lens) - lens, body, budget)
-            keep = np.fromiter(
-                (choose_cut(texts[i], offsets[i], int(budget[i]), self.trim_window) for i in idx.tolist()),
-                dtype=np.int64, count=idx.size)
+            keep = self._cuts(texts, idx, ids_flat, np.cumsum(lens) - lens, body, budget)
             lengths[idx, r] = keep
             trimmed_tokens[idx] = body[idx] - keep
         return ~rejected
+
+    def _cuts(self, texts: list[str], idx: np.ndarray, ids_flat: np.ndarray, ids_start: np.ndarray,
+              body: np.ndarray, budget: np.ndarray) -> np.ndarray:
+        """How many reasoning tokens each sample in `idx` keeps (see `trim.choose_cut`).
+
+        Byte-level tokenizers locate tokens in the text from the byte length of each id
+        (no re-tokenization); a sample whose byte lengths do not add up to its text (a
+        normalizer, an unknown symbol) and any other tokenizer use character offsets."""
+        keep = np.empty(idx.size, dtype=np.int64)
+        byte_len = self.tok.byte_lengths
+        slow: list[int] = []
+        for j, i in enumerate(idx.tolist()):
+            b = int(budget[i])
+            if byte_len is not None:
+                s = int(ids_start[i])
+                lens = byte_len[ids_flat[s:s + int(body[i])]]
+                data = texts[i].encode("utf-8", "surrogatepass")
+                if int(lens.sum()) == len(data) and lens.min(initial=0) >= 0:
+                    keep[j] = choose_cut_bytes(data, np.cumsum(lens[:b]).tolist(), b, self.trim_window)
+                    continue
+            slow.append(j)
+        if slow:
+            sel = idx[slow]
+            offsets = self._offsets(texts, sel, ids_flat, ids_start, body, budget)
+            for j, i in zip(slow, sel.tolist()):
+                keep[j] = choose_cut(texts[i], offsets[i], int(budget[i]), self.trim_window)
+        return keep
 
     def _offsets(self, texts: list[str], idx: np.ndarray, ids_flat: np.ndarray, ids_start: np.ndarray,
                  body: np.ndarray, budget: np.ndarray) -> dict[int, list[tuple[int, int]]]:

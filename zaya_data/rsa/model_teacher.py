@@ -1,0 +1,165 @@
+"""The packaged ZAYA1 model as a teacher: in this process, or as a pool of Ray GPU actors.
+
+Prompts are wrapped in the chat template (the user turn, then the assistant turn opens),
+encoded with the run's tokenizer (template markers as special tokens, the prompt's own
+text as plain text, so a candidate quoting "<|im_end|>" cannot close the turn) and
+generated in fixed chunks of `batch_size` requests. A chunk's sampling seed is its first
+request's seed (`model.generate` seeds row i with seed + i), and chunks are cut before
+they are spread over actors, so the tokens drawn never depend on how many GPUs serve
+the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from zaya_data.rsa.teachers import Generation, GenerationRequest, Sampling
+
+USER_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+class LocalModelTeacher:
+    """ZAYA1 on one device in this process (`checkpoint: tiny` builds the seeded tiny model)."""
+
+    def __init__(self, model: Any, tokenizer: Any, label: str, batch_size: int = 16):
+        self.model = model
+        self.tok = tokenizer  # a zaya_data.tokenizer.LoadedTokenizer
+        self.name = label
+        self.batch_size = batch_size
+        prefix, suffix = USER_TEMPLATE.split("{prompt}")
+        self._prefix = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + \
+            tokenizer.tokenizer.encode(prefix, add_special_tokens=False).ids
+        self._suffix = tokenizer.tokenizer.encode(suffix, add_special_tokens=False).ids
+        ctx = getattr(model.config, "max_position_embeddings", None)
+        self.max_positions: int | None = int(ctx) if ctx else None
+
+    @classmethod
+    def from_spec(cls, spec: Any, tokenizer: Any) -> "LocalModelTeacher":
+        import torch
+
+        device = spec.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if spec.dtype == "auto":
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, spec.dtype)
+        if spec.checkpoint == "tiny":
+            from model.tiny import load_tiny
+
+            model, _ = load_tiny(device=device, dtype=dtype)
+        else:
+            from model.loading import load_model
+
+            model = load_model(spec.checkpoint, device=device, dtype=dtype)
+        return cls(model, tokenizer, spec.label, spec.batch_size)
+
+    def encode(self, prompt: str) -> list[int]:
+        return self._prefix + self.tok.text_tokenizer.encode(prompt, add_special_tokens=False).ids + self._suffix
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def generate_chunk(self, prompts: Sequence[str], seed: int, sampling: Sampling) -> list[Generation]:
+        from model.generate import SamplingParams, generate
+
+        encoded = [self.encode(p) for p in prompts]
+        max_new = sampling.max_tokens
+        out: list[Generation | None] = [None] * len(prompts)
+        fit = []
+        for i, ids in enumerate(encoded):
+            # A prompt the model cannot hold is this request's fault, not the teacher's.
+            if self.max_positions is not None and len(ids) + 1 > self.max_positions:
+                out[i] = Generation("", "error", 0, error=f"prompt of {len(ids)} tokens exceeds the model's "
+                                                          f"{self.max_positions} positions")
+            else:
+                fit.append(i)
+        if fit:
+            if self.max_positions is not None:
+                max_new = min(max_new, self.max_positions - max(len(encoded[i]) for i in fit))
+            params = SamplingParams(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
+                                    top_k=sampling.top_k or 0, seed=seed, stop_strings=tuple(sampling.stop))
+            done = generate(self.model, [encoded[i] for i in fit], params, decode=self._decode,
+                            pad_token_id=self.tok.pad_id)
+            for i, c in zip(fit, done):
+                out[i] = Generation(c.text or "", c.finish_reason, c.completion_tokens)
+        return [g for g in out if g is not None]
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: Sampling,
+                 on_done: Callable[[Generation], None] | None = None) -> list[Generation]:
+        out: list[Generation] = []
+        for a, b in chunks(len(requests), self.batch_size):
+            gens = self.generate_chunk([r.prompt for r in requests[a:b]], requests[a].seed, sampling)
+            for g in gens:
+                if on_done is not None:
+                    on_done(g)
+            out.extend(gens)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class _ModelActor:
+    """Body of a Ray actor holding one model on its GPU."""
+
+    def __init__(self, spec: Any, tokenizer_path: str):
+        from zaya_data.tokenizer import load_tokenizer
+
+        self.teacher = LocalModelTeacher.from_spec(spec, load_tokenizer(tokenizer_path))
+
+    def generate_chunk(self, prompts: list[str], seed: int, sampling: Sampling) -> list[Generation]:
+        return self.teacher.generate_chunk(prompts, seed, sampling)
+
+
+class RayModelPool:
+    """`num_actors` Ray actors with one GPU each; fixed-size chunks are dispatched to the
+    least-loaded actor as results come back and gathered in request order."""
+
+    def __init__(self, spec: Any, num_actors: int, tokenizer_path: str = "embedded",
+                 ray_address: str | None = None):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+        actor_cls = ray.remote(num_gpus=1)(_ModelActor)
+        self.actors = [actor_cls.remote(spec, tokenizer_path) for _ in range(num_actors)]
+        self.batch_size = spec.batch_size
+        self.name = spec.label
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: Sampling,
+                 on_done: Callable[[Generation], None] | None = None) -> list[Generation]:
+        import ray
+
+        spans = chunks(len(requests), self.batch_size)
+        results: list[list[Generation] | None] = [None] * len(spans)
+        pending: dict[Any, tuple[int, int]] = {}  # ref -> (span index, actor index)
+        free = list(range(len(self.actors)))
+        nxt = 0
+        while nxt < len(spans) or pending:
+            while free and nxt < len(spans):
+                actor = free.pop(0)
+                a, b = spans[nxt]
+                ref = self.actors[actor].generate_chunk.remote([r.prompt for r in requests[a:b]],
+                                                               requests[a].seed, sampling)
+                pending[ref] = (nxt, actor)
+                nxt += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            span, actor = pending.pop(ready[0])
+            results[span] = ray.get(ready[0])
+            free.append(actor)
+            if on_done is not None:
+                for g in results[span] or []:
+                    on_done(g)
+        return [g for part in results for g in (part or [])]
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

@@ -278,3 +278,32 @@ def test_copied_file_under_two_globs_is_one_unit(tmp_path: Path) -> None:
     spec = SourceSpec(name="s", paths=(str(tmp_path / "a" / "*.jsonl"), str(src), str(tmp_path / "**" / "x.jsonl")),
                       format="jsonl", kind="document", category="c")
     assert [Path(u.path).name for u in list_units(spec)] == ["x.jsonl", "y.jsonl"]
+
+
+def test_chat_records_with_think_blocks_read_end_to_end(tmp_path: Path) -> None:
+    records = [
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"}], "lang": "en"},
+        {"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "<think>add, then"}]},
+        {"messages": [{"role": "user", "content": "5+5?"},
+                      {"role": "assistant", "content": "10", "reasoning_content": "five twice"}]},
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    table, ledger = read(spec_for(path, fields={"messages": "messages"}))
+    assert table.select(["prompt", "reasoning", "answer", "meta"]).to_pylist() == [
+        {"prompt": "S\n\n2+2?", "reasoning": "add", "answer": "4", "meta": '{"lang": "en"}'},
+        {"prompt": "5+5?", "reasoning": "five twice", "answer": "10", "meta": None},
+    ]
+    assert reasons(ledger) == {"unclosed_think": 1}
+    assert ledger.examples[("read", "unclosed_think", "src")][0]["location"] == "line 2"
+
+
+def test_an_answer_too_long_for_str_is_counted_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "huge.jsonl"
+    digits = "9" * 5000  # beyond Python's int <-> str digit limit
+    path.write_text('{"prompt": "p", "reasoning": "r", "answer": ' + digits + "}\n"
+                    '{"prompt": "p", "reasoning": "r", "answer": "' + digits + '"}\n')
+    table, ledger = read(spec_for(path))
+    assert table["answer"].to_pylist() == [digits]
+    assert reasons(ledger) == {"invalid_json": 1}

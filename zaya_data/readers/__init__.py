@@ -107,8 +107,7 @@ def read_unit(spec: SourceSpec, unit: ReadUnit, ledger: Ledger, batch_size: int 
     if fmt == "reasoning_gym":
         from zaya_data.readers.reasoning_gym import read_gym
 
-        stop = unit.stop if unit.stop is not None else unit.start
-        return read_gym(spec, unit.path, unit.file_index, unit.start, stop, ledger, batch_size)
+        return read_gym(spec, unit.path, unit.file_index, unit.start, unit.stop, ledger, batch_size)
     raise ValueError(f"source {spec.name!r} ({spec.origin}): unknown format {fmt!r}")
 
 

@@ -131,7 +131,10 @@ def as_text(value: Any, canon: str, expr: str, *, numeric: bool = False, require
         raise RecordError("missing_field", f"field {canon!r} ({expr}) is null")
     elif numeric and isinstance(value, (int, float)) and not isinstance(value, bool):
         # 27.0 -> "27": JSON writers turn integer answers into floats; the answer is 27.
-        s = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        try:
+            s = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        except ValueError:  # an int beyond Python's str() digit limit
+            raise RecordError("wrong_type", f"field {canon!r} ({expr}): a number too long to write as text") from None
     else:
         raise RecordError("wrong_type", f"field {canon!r} ({expr}): expected a string, got {type(value).__name__}")
     if not s or s.isspace():

@@ -22,7 +22,7 @@ STAGE = "read"
 # data-file extension -> `datasets` packaged builder
 BUILDERS = {
     ".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json",
-    ".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv",
+    ".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv", ".arrow": "arrow",
 }
 # Files `save_to_disk` writes at the top of a folder (Dataset / DatasetDict).
 SAVED_MARKERS = ("state.json", "dataset_dict.json")

@@ -145,6 +145,8 @@ def _slow_parse(raw: bytes, encoding: str, first: bool) -> tuple[Any, str | None
         return json.loads(text), None, None
     except json.JSONDecodeError as e:
         return None, "invalid_json", f"{e.msg} at column {e.colno}"
+    except ValueError as e:  # an integer literal beyond Python's digit limit
+        return None, "invalid_json", str(e)
     except RecursionError:
         return None, "invalid_json", "nesting too deep"
 

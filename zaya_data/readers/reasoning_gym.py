@@ -45,8 +45,9 @@ def unit_ranges(spec: SourceSpec) -> list[tuple[int, int]]:
     return [(start, min(size, start + chunk)) for start in range(0, size, chunk)]
 
 
-def read_gym(spec: SourceSpec, path: str, file_index: int, start: int, stop: int, ledger: Ledger,
+def read_gym(spec: SourceSpec, path: str, file_index: int, start: int, stop: int | None, ledger: Ledger,
              batch_size: int) -> Iterator[pa.Table]:
+    """Items [start, stop) (stop None: to the end) as rows; row_index is the item index."""
     import reasoning_gym
 
     dataset, size, seed, _chunk, extra = gym_options(spec)
@@ -56,7 +57,7 @@ def read_gym(spec: SourceSpec, path: str, file_index: int, start: int, stop: int
     except Exception as e:  # unknown name or bad kwargs: a config error, named
         raise ValueError(f"source {spec.name!r} ({spec.origin}): reasoning_gym.create_dataset({dataset!r}): {e}") from e
     buf = RowBuffer(spec.kind, spec.name, spec.category, file_index, batch_size)
-    for i in range(start, min(stop, size)):
+    for i in range(start, size if stop is None else min(stop, size)):
         item = ds[i]
         if not isinstance(item, dict):
             ledger.reject(STAGE, "not_an_object", spec.name, file=path, location=f"item {i}",

@@ -87,7 +87,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from zaya_data.audit.terminal import print_audit
     from zaya_data.io import atomic_write_text
 
-    console = Console()
+    # Piped into a file or a pager, rich would fall back to 80 columns and squeeze the
+    # tables; 120 keeps them readable.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     err = Console(stderr=True)
     progress = _progress_factory(err, args.quiet)
     try:

@@ -48,7 +48,7 @@ def _svg(width: int, height: int, body: list[str], label: str) -> str:
 
 def bars_svg(items: list[tuple[str, float | None, float]], label: str) -> str:
     """Grouped horizontal bars: target (grey) above realized (blue) for each name."""
-    lw, bw, rh = 150, 380, 30
+    lw, bw, rh = 150, 300, 30
     top = max([max(t or 0.0, r) for _, t, r in items] + [1e-12])
     h = rh * len(items) + 10
     body = []
@@ -96,11 +96,12 @@ def _short(n: int) -> str:
     return str(n)
 
 
-def hist_svg(bins: list[dict[str, int]], label: str, xlabel: str) -> str:
-    """Vertical bars, one per bin, labelled with the bin's lower edge."""
+def hist_svg(bins: list[dict[str, int]], label: str, xlabel: str, tick: Any = None) -> str:
+    """Vertical bars, one per bin, labelled with the bin's lower edge (`tick(lo)` formats it)."""
+    tick = tick or _short
     if not bins:
         return '<p class="meta">no data</p>'
-    bw = max(14, min(40, 560 // len(bins)))
+    bw = max(14, min(40, 480 // len(bins)))
     ph, left = 150, 46
     top = max(b["count"] for b in bins) or 1
     w = left + bw * len(bins) + 10
@@ -114,7 +115,7 @@ def hist_svg(bins: list[dict[str, int]], label: str, xlabel: str) -> str:
                     f'<title>[{b["lo"]}, {b["hi"]}): {b["count"]}</title></rect>')
         if len(bins) <= 20 or i % 2 == 0:
             body.append(f'<text x="{x + bw / 2:.1f}" y="{ph + 24}" text-anchor="middle" font-size="9.5">'
-                        f'{esc(_short(b["lo"]))}</text>')
+                        f'{esc(tick(b["lo"]))}</text>')
     body.append(f'<text x="{left + (w - left) / 2:.0f}" y="{ph + 40}" text-anchor="middle" fill="#5b6575">'
                 f'{esc(xlabel)}</text>')
     return _svg(w, ph + 46, body, label)
@@ -225,6 +226,11 @@ def phase_html(p: dict[str, Any]) -> str:
 
     if packed:
         seg, row = p["lengths"]["segments"], p["lengths"]["rows"]
+        ctx = p["context"]
+
+        def fill_tick(lo: int) -> str:
+            return f"{round(100 * lo / ctx)}%"
+
         stats = _table(["", "count", "mean", "p10", "p50", "p90", "p99", "max"],
                        [[label, num(L["count"]), f"{L['mean']:,.1f}", num(L["p10"]), num(L["p50"]), num(L["p90"]),
                          num(L["p99"]), num(L["max"])] for label, L in (("documents (segments)", seg),
@@ -232,7 +238,7 @@ def phase_html(p: dict[str, Any]) -> str:
         hists = (f'<div class="grid"><div class="card"><div class="ct">document (segment) lengths</div>'
                  f'{hist_svg(seg["histogram"], f"{name} segment lengths", "tokens (log2 bins, lower edge)")}</div>'
                  f'<div class="card"><div class="ct">packed-row fill</div>'
-                 f'{hist_svg(row["histogram"], f"{name} row fill", "non-padding tokens per row (context / 20 bins)")}'
+                 f'{hist_svg(row["histogram"], f"{name} row fill", "non-padding tokens per row, % of context (5% bins)", fill_tick)}'
                  f'</div></div>')
     else:
         L = p["lengths"]["prompts"]

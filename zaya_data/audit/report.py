@@ -139,8 +139,8 @@ def _check_shards(phase: str, manifest: dict[str, Any], rc: PackedRecount | Prom
             findings.append(Finding(phase, name, "listed in the manifest but missing"))
             continue
         if entry.get("sha256") != shard.sha256:
-            findings.append(Finding(phase, name, f"sha256 {shard.sha256} does not match the manifest's "
-                                                 f"{entry.get('sha256')} (the shard was changed after it was written)"))
+            findings.append(Finding(phase, name, f"sha256 {(shard.sha256 or '')[:16]}... does not match the manifest's "
+                                                 f"{str(entry.get('sha256'))[:16]}... (the shard was changed after it was written)"))
         if entry.get("bytes") is not None and entry.get("bytes") != shard.bytes:
             findings.append(Finding(phase, name, f"size {shard.bytes} bytes, manifest says {entry.get('bytes')}"))
         for p in shard.problems:

@@ -60,17 +60,22 @@ def phase_renderables(p: dict[str, Any]) -> list[Any]:
         out.append(Text.from_markup(head))
         src = Table(title="sources (recounted from the shards)", title_justify="left")
         for c in ("source", "category", "target", "realized", "delta", "tokens", "documents", "doc share",
-                  "distinct", "repetition", "max uses", "trimmed", "trimmed tok", "loss frac", "rejected",
-                  "not selected"):
+                  "loss frac"):
             src.add_column(c, justify="left" if c in ("source", "category") else "right")
+        rep = Table(title="repetition, trimming, rejections per source", title_justify="left")
+        for c in ("source", "distinct docs", "repetition", "max uses", "trimmed", "trimmed tokens", "rejected",
+                  "not selected"):
+            rep.add_column(c, justify="left" if c == "source" else "right")
         for name, s in p["sources"].items():
             src.add_row(name, s["category"], pct(s["target_share"]), pct(s["realized_share"]),
                         Text(pp(s["share_delta"]), style=_delta_style(s["share_delta"])), num(s["tokens"]),
-                        num(s["documents"]), pct(s["document_share"]), num(s["distinct_documents"]),
+                        num(s["documents"]), pct(s["document_share"]), pct(s["loss_fraction"]))
+            rep.add_row(name, num(s["distinct_documents"]),
                         "-" if s["repetition"] is None else f"{s['repetition']:.2f}x", num(s["max_uses"]),
-                        num(s["trimmed_samples"]), num(s["trimmed_tokens"]), pct(s["loss_fraction"]),
-                        num(s["rejected_records"]), num(s["not_selected_records"]))
+                        num(s["trimmed_samples"]), num(s["trimmed_tokens"]), num(s["rejected_records"]),
+                        num(s["not_selected_records"]))
         out.append(src)
+        out.append(rep)
         out.append(_shares_table("categories", p["categories"], "tokens", [("documents", "documents")]))
         lens = Table(title="lengths (tokens)", title_justify="left")
         for c in ("what", "count", "mean", "p10", "p50", "p90", "p99", "max"):
@@ -120,7 +125,14 @@ def against_table(cmp: dict[str, Any]) -> Table:
     t = Table(title=f"{cmp['a_label']}  vs  {cmp['b_label']}  (delta = B - A)", title_justify="left")
     for c in ("phase A / B", "what", "name", "A", "B", "delta"):
         t.add_column(c, justify="right" if c in ("A", "B", "delta") else "left")
-    for row in cmp["rows"]:
+    # Unchanged figures are noise on a terminal; shares are always shown (the point of a
+    # comparison). --json and --html keep every row.
+    shown = [r for r in cmp["rows"] if r["a"] != r["b"] or r["what"].startswith("realized share")]
+    hidden = len(cmp["rows"]) - len(shown)
+    if hidden:
+        t.caption = f"{hidden} unchanged figures not shown (all rows are in --json and --html)"
+        t.caption_justify = "left"
+    for row in shown:
         fmt = pct if row["unit"] == "share" else num
         d = row["delta"]
         dtxt = pp(d) if row["unit"] == "share" else ("-" if d is None else f"{d:+,}" if isinstance(d, int) else f"{d:+,.4f}")

@@ -177,3 +177,9 @@ def test_bad_mappings_name_the_source_and_where_it_was_configured(fields: dict[s
     with pytest.raises(ValueError, match=message) as err:
         mapper(fields=fields, split=split)
     assert "source 's' (mix.yaml:9)" in str(err.value)
+
+
+def test_meta_of_generated_metadata_with_mixed_keys_and_sets_is_still_json() -> None:
+    m = mapper("document")
+    row = m({"text": "t", "metadata": {1: "a", "b": 2, "s": {3, 1}}})
+    assert row[2] == '{"metadata": {"1": "a", "b": 2, "s": [1, 3]}}'

@@ -42,6 +42,9 @@ def _check_spec(spec: SourceSpec) -> None:
     """Errors that would otherwise surface per record: name the source and its origin."""
     if spec.kind not in KINDS:
         raise ValueError(f"source {spec.name!r} ({spec.origin}): unknown kind {spec.kind!r}")
+    if not isinstance(spec.options.get("meta", True), bool):
+        raise ValueError(f"source {spec.name!r} ({spec.origin}): options.meta must be true or false, "
+                         f"got {spec.options['meta']!r}")
     if spec.format == "text":
         from zaya_data.readers.text import check_text_spec
 

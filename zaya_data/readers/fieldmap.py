@@ -274,8 +274,21 @@ def _meta_default(value: Any) -> Any:
     return str(value)
 
 
+def _string_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _string_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_string_keys(v) for v in value]
+    return value
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=_meta_default)
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=_meta_default)
+    except TypeError:
+        # sort_keys cannot order mixed key types ({1: .., "a": ..}, seen in generated
+        # metadata); JSON keys are strings anyway, so make them strings first.
+        return json.dumps(_string_keys(value), sort_keys=True, ensure_ascii=False, default=_meta_default)
 
 
 def meta_json(rest: dict[str, Any]) -> str | None:

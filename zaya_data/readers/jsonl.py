@@ -208,6 +208,8 @@ def read_jsonl(spec: SourceSpec, path: str, file_index: int, ledger: Ledger, bat
                 except RecordError as e:
                     ledger.reject(STAGE, e.reason, name, file=path, location=f"line {lineno + 1}", detail=e.detail)
                     continue
+                except Exception as e:  # a bug or an input nobody foresaw: name the record
+                    raise RuntimeError(f"source {name!r}: {path}:line {lineno + 1}: cannot map the record: {e!r}") from e
                 if slow:
                     bad = _has_surrogates(values)
                     if bad is not None:

@@ -32,6 +32,8 @@ def map_record_batches(
                 values = mapper(rec)
             except RecordError as e:
                 ledger.reject(STAGE, e.reason, spec.name, file=path, location=f"{location} {row}", detail=e.detail)
+            except Exception as e:  # a bug or an input nobody foresaw: name the record
+                raise RuntimeError(f"source {spec.name!r}: {path}:{location} {row}: cannot map the record: {e!r}") from e
             else:
                 if buf.add(values, row):
                     yield buf.flush()

@@ -68,6 +68,8 @@ def read_gym(spec: SourceSpec, path: str, file_index: int, start: int, stop: int
         except RecordError as e:
             ledger.reject(STAGE, e.reason, spec.name, file=path, location=f"item {i}", detail=e.detail)
             continue
+        except Exception as e:  # a bug or an input nobody foresaw: name the record
+            raise RuntimeError(f"source {spec.name!r}: {path} item {i}: cannot map the item: {e!r}") from e
         if buf.add(values, i):
             yield buf.flush()
     if len(buf):

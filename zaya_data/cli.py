@@ -19,7 +19,8 @@ from rich.table import Table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_EXISTS = 0, 1, 2, 3
 
-console = Console(stderr=False)
+# Summary tables are meant to be read whole: don't let a pipe squeeze them to 80 columns.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 

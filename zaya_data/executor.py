@@ -9,6 +9,7 @@ by the job itself, which is what keeps shards independent of the worker count.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -108,7 +109,13 @@ class RayExecutor:
             self._owns_ray = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, min(workers or cpus, cpus))
+        # Ray Data logs every dataset's plan at INFO; our progress bar and summary say it.
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
+        # Ray Data restarts a killed actor and retries its job (max_restarts and
+        # max_task_retries default to unlimited); that is safe because jobs are
+        # idempotent. Application errors (a strict-mode rejection) are not retried.
         ctx.enable_progress_bars = False  # ours below counts jobs; Ray's would interleave
         ctx.verbose_progress = False
 
@@ -123,9 +130,8 @@ class RayExecutor:
             _RayAdapter,
             fn_constructor_kwargs={"worker_cls": worker_cls, "init_kwargs": init_kwargs},
             batch_size=1,
-            concurrency=n,
+            compute=ray.data.ActorPoolStrategy(size=n),
             num_cpus=1,
-            max_task_retries=3,  # a worker killed mid-job is retried; jobs are idempotent
         )
         with _progress(self.progress) as bar:
             task = bar.add_task(desc, total=len(jobs))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -94,6 +95,47 @@ def _units(mix: MixtureSpec, names: list[str]) -> list[tuple[str, Any]]:
     return [(n, u) for n in names for u in list_units(mix.sources[n])]
 
 
+# A job reads consecutive units of one source until it holds this many bytes or units:
+# a job per small file would spend more time scheduling than reading.
+JOB_BYTES = 64 << 20
+JOB_UNITS = 64
+GENERATED_UNIT_BYTES = 1 << 20  # generator chunks have no file size; count them as 1 MB
+
+
+def _unit_bytes(unit: Any) -> int:
+    try:
+        return os.path.getsize(unit.path)
+    except OSError:
+        return GENERATED_UNIT_BYTES
+
+
+def group_jobs(mix: MixtureSpec, units: list[tuple[str, Any]], work: Path) -> list[dict[str, Any]]:
+    """Deterministic grouping (it names the part files a resumed build looks for)."""
+    jobs: list[dict[str, Any]] = []
+    cur: list[Any] = []
+    size = 0
+
+    def flush(name: str) -> None:
+        nonlocal cur, size
+        if cur:
+            jobs.append({"source": source_to_dict(mix.sources[name]), "units": [unit_to_dict(u) for u in cur],
+                         "out": str(work / "parts" / name / f"unit-{cur[0].file_index:05d}.arrow")})
+        cur, size = [], 0
+
+    prev = None
+    for name, unit in units:
+        if prev is not None and name != prev:
+            flush(prev)
+        cur.append(unit)
+        size += _unit_bytes(unit)
+        prev = name
+        if size >= JOB_BYTES or len(cur) >= JOB_UNITS:
+            flush(name)
+    if prev is not None:
+        flush(prev)
+    return jobs
+
+
 def build_phase(
     mix: MixtureSpec, phase: PhaseSpec, out_root: Path, executor: Executor, *, seed: int,
     strict: bool = False, overwrite: bool = False, command: str = "",
@@ -115,8 +157,7 @@ def build_phase(
     if phase.kind == "prompts":
         return _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, executor, seed, strict, command)
 
-    jobs = [{"source": source_to_dict(mix.sources[n]), "unit": unit_to_dict(u),
-             "out": str(work / "parts" / n / f"unit-{u.file_index:05d}.arrow")} for n, u in units]
+    jobs = group_jobs(mix, units, work)
     init = dict(tokenizer=mix.tokenizer.path, template=asdict(phase.template), context=phase.context,
                 loss=phase.loss, trim_window=phase.trim_window, strict=strict)
     records = list(executor.map_jobs(TokenizeWorker, init, jobs, f"{phase.name}: tokenize"))
@@ -184,7 +225,7 @@ def build_phase(
             "rejected_records": rejected,
             "not_selected_records": it.records - sels[n].unique_records(),
             "shortfall_tokens": sels[n].shortfall,
-            "files": len(src_records),
+            "files": sum(r["units"] for r in src_records),
         }
     by_cat: dict[str, int] = {}
     for n in names:
@@ -233,8 +274,7 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     from zaya_data.mixing import record_hashes
     from zaya_data.tasks import read_part
 
-    jobs = [{"source": source_to_dict(mix.sources[n]), "unit": unit_to_dict(u),
-             "out": str(work / "parts" / n / f"unit-{u.file_index:05d}.arrow")} for n, u in units]
+    jobs = group_jobs(mix, units, work)
     records = list(executor.map_jobs(PromptWorker, dict(template=asdict(phase.template), strict=strict),
                                      jobs, f"{phase.name}: prompts"))
     records.sort(key=lambda r: (names.index(r["source"]), r["file_index"]))

@@ -85,7 +85,7 @@ class TokenizeWorker:
         if done.exists():
             return json.loads(done.read_text())
         spec = source_from_dict(job["source"])
-        unit = _unit_from_dict(job["unit"])
+        units = [_unit_from_dict(u) for u in job["units"]]
         stage = self._stage(spec.kind)
         # --strict stops at malformed input; a trim drop is the phase's policy, not bad data.
         read_ledger = Ledger(strict=self.strict)
@@ -97,20 +97,24 @@ class TokenizeWorker:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = tmp_path_for(out)
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, TOKENIZED) as writer:
-            for batch in read_unit(spec, unit, read_ledger, batch_size=self.batch_size):
-                emitted += batch.num_rows
-                tok = stage(batch, stage_ledger)
-                if tok.num_rows:
-                    writer.write_table(tok.cast(TOKENIZED))
-                    rows += tok.num_rows
-                    tokens += int(pa.compute.sum(tok["num_tokens"]).as_py() or 0)
+            for unit in units:
+                unit_ledger = Ledger()
+                for batch in read_unit(spec, unit, read_ledger, batch_size=self.batch_size):
+                    emitted += batch.num_rows
+                    tok = stage(batch, unit_ledger)
+                    if tok.num_rows:
+                        writer.write_table(tok.cast(TOKENIZED))
+                        rows += tok.num_rows
+                        tokens += int(pa.compute.sum(tok["num_tokens"]).as_py() or 0)
+                for examples in unit_ledger.examples.values():
+                    for ex in examples:  # stages see batches, the unit knows the file
+                        ex.setdefault("file", unit.path)
+                stage_ledger.merge(unit_ledger)
         atomic_replace(tmp, out)
-        for examples in stage_ledger.examples.values():
-            for ex in examples:  # stages see batches, the unit knows the file
-                ex.setdefault("file", unit.path)
         ledger = Ledger().merge(read_ledger).merge(stage_ledger)
         return _finish(out, {
-            "source": spec.name, "file_index": unit.file_index, "path": unit.path, "part": str(out),
+            "source": spec.name, "file_index": units[0].file_index, "units": len(units),
+            "path": units[0].path, "part": str(out),
             "input_records": emitted + read_ledger.total(),
             "read_records": emitted, "rows": rows, "tokens": tokens,
             "ledger": ledger.to_dict(), "seconds": time.perf_counter() - t0,
@@ -134,14 +138,14 @@ class PromptWorker:
         if done.exists():
             return json.loads(done.read_text())
         spec = source_from_dict(job["source"])
-        unit = _unit_from_dict(job["unit"])
+        units = [_unit_from_dict(u) for u in job["units"]]
         ledger = Ledger(strict=self.strict)
         emitted = 0
         rows = 0
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = tmp_path_for(out)
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, PROMPTS) as writer:
-            for batch in read_unit(spec, unit, ledger, batch_size=self.batch_size):
+            for batch in (b for unit in units for b in read_unit(spec, unit, ledger, batch_size=self.batch_size)):
                 emitted += batch.num_rows
                 if spec.kind == "rollout_group":
                     ids, problems = batch["problem_id"], batch["problem"]
@@ -166,7 +170,8 @@ class PromptWorker:
                 rows += table.num_rows
         atomic_replace(tmp, out)
         return _finish(out, {
-            "source": spec.name, "file_index": unit.file_index, "path": unit.path, "part": str(out),
+            "source": spec.name, "file_index": units[0].file_index, "units": len(units),
+            "path": units[0].path, "part": str(out),
             "input_records": emitted + ledger.total(), "read_records": emitted, "rows": rows,
             "tokens": 0, "ledger": ledger.to_dict(),
         })

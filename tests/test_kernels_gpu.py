@@ -306,3 +306,28 @@ def test_router_skip_class_gets_zero_weight_when_its_bias_wins() -> None:
     weight, choice = router_top1(s, **wts, balancing_biases=bias, eps=1e-5)
     assert torch.all(choice == classes - 1)
     assert torch.all(weight == 0)
+
+
+@pytest.mark.parametrize("tokens", [1, 37, 300, 4000])
+def test_moe_schedule_is_a_stable_sort_with_an_exact_tile_table(tokens: int) -> None:
+    from model.kernels.moe import schedule, tile_schedule
+
+    g = _gen(41 + tokens)
+    e, bm = 7, 16
+    ids = torch.randint(0, e + 1, (tokens,), generator=g, device=DEVICE)
+    w = torch.rand(tokens, generator=g, device=DEVICE)
+    tok, sw, blk_e, blk_s, blk_end = schedule(ids, w, e, bm)
+    order, ref_e, ref_s, ref_end, perm = tile_schedule(ids, e, bm)
+    n_active = int((ids < e).sum())
+    assert torch.equal(tok[:n_active].long(), perm[:n_active]), "not the stable sort order"
+    assert torch.equal(sw[:n_active], w[perm[:n_active]])
+    assert torch.equal(blk_e, ref_e)
+    valid = blk_e >= 0
+    assert torch.equal(blk_s[valid], ref_s[valid]) and torch.equal(blk_end[valid], ref_end[valid])
+    # every active token is covered by exactly one tile of its own expert
+    covered = torch.zeros(tokens, dtype=torch.int64, device=DEVICE)
+    for b in valid.nonzero()[:, 0].tolist():
+        rows = torch.arange(int(blk_s[b]), min(int(blk_s[b]) + bm, int(blk_end[b])), device=DEVICE)
+        assert torch.all(ids[tok[rows].long()] == blk_e[b])
+        covered[tok[rows].long()] += 1
+    assert torch.equal(covered, (ids < e).long())

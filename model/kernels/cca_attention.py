@@ -63,7 +63,9 @@ def _prefill_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # Causal work grows with the query block index: hand out the heaviest blocks first so the
+    # short ones fill the tail of the schedule.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     head = tl.program_id(1)
     seq = tl.program_id(2)
     q_start = tl.load(CU_Q + seq)
@@ -273,11 +275,11 @@ def _decode_reduce_kernel(
 
 def decode_num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device) -> int:
     """Split-K factor: enough programs to cover the GPU `block_m` times over when the batch is
-    small, but never chunks shorter than 256 tokens (each split costs a partial write)."""
+    small, but never chunks shorter than `block_k` tokens (each split costs a partial write)."""
     cfg = kernel_config("decode_attention", device)
     sms = multiprocessor_count(device.index or 0) if device.type == "cuda" else 1
     want = triton.cdiv(cfg.block_m * sms, max(batch * kv_heads, 1))
-    cap = max(1, triton.cdiv(max_seq_len, 256))
+    cap = max(1, triton.cdiv(max_seq_len, cfg.block_k))
     return int(max(1, min(want, cap, 64)))
 
 

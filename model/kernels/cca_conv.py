@@ -5,7 +5,7 @@ Why fuse: the PyTorch path concatenates the state with the new token, runs two c
 launches (cuDNN picks a general grouped-conv algorithm for a length-3 input) and copies the
 state back: four or more launches moving tiny tensors. Here one program per (head group,
 batch block) does it all: the depthwise stage is elementwise, the grouped stage is a
-[batch, 2*CG] x [2*CG, CG] product per group (CG = head_dim = 128 channels), and the state
+[batch, 2*CG] x [2*CG, CG] product per group (inputs interleaved to match the weight layout) (CG = head_dim = 128 channels), and the state
 is rewritten in place. The bytes are dominated by the grouped weight (C * CG * 2 values,
 read once per batch block), so for decode batches the kernel is launch- or weight-bound.
 """
@@ -56,14 +56,17 @@ def _conv_decode_kernel(
     d1 = (w0[None, :] * s0f + w1[None, :] * s1f + bd[None, :]).to(GW.dtype.element_ty)
     d2 = (w0[None, :] * s1f + w1[None, :] * xf + bd[None, :]).to(GW.dtype.element_ty)
 
-    # Grouped weight of group g, transposed: wt[k, i, o] = GW[g*CG + o, i, k].
-    ci = tl.arange(0, CG_PAD)
-    wmask = cmask[:, None] & cmask[None, :]
-    gw_base = GW + (g * CG + ch)[None, :].to(tl.int64) * stride_gw_o + ci[:, None] * stride_gw_i
-    wt0 = tl.load(gw_base, mask=wmask, other=0.0)
-    wt1 = tl.load(gw_base + stride_gw_k, mask=wmask, other=0.0)
-    acc = tl.dot(d1, wt0, input_precision=PRECISION)
-    acc = tl.dot(d2, wt1, acc, input_precision=PRECISION)
+    # Grouped conv as one product: interleave the two depthwise outputs so that column 2i+k
+    # holds d_k[:, i], which matches the memory order of GW[o, i, k]; each output channel's
+    # weights are then one contiguous run of 2*CG values (vectorized, coalesced loads).
+    dd = tl.reshape(tl.join(d1, d2), (BLOCK_B, 2 * CG_PAD))
+    f = tl.arange(0, 2 * CG_PAD)
+    fmask = (f // 2) < CG
+    wt = tl.load(
+        GW + (g * CG + ch)[None, :].to(tl.int64) * stride_gw_o + (f // 2)[:, None] * stride_gw_i + (f % 2)[:, None] * stride_gw_k,
+        mask=fmask[:, None] & cmask[None, :], other=0.0,
+    )
+    acc = tl.dot(dd, wt, input_precision=PRECISION)
     acc += tl.load(GB + chan, mask=cmask, other=0.0).to(tl.float32)[None, :]
     tl.store(OUT + rows64[:, None] * stride_ob + chan[None, :], acc.to(OUT.dtype.element_ty), mask=m2)
 

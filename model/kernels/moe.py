@@ -99,6 +99,94 @@ def _down_kernel(
              mask=rmask[:, None] & nmask[None, :])
 
 
+@triton.jit
+def _schedule_kernel(
+    IDS, W, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END,
+    n_tokens, n_experts, n_blocks,
+    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK: tl.constexpr, NB_CHUNK: tl.constexpr,
+):
+    """One program: counting sort of tokens by expert (stable) and the tile table.
+
+    Replaces ~15 small PyTorch launches (sort, bincount, cumsums, searchsorted, gathers),
+    which at decode batch sizes cost more than the expert GEMMs' own launch latency.
+    """
+    e = tl.arange(0, E_PAD)
+    emask = e < n_experts
+    offs = tl.arange(0, CHUNK)
+    # Pass 1: tokens per expert (the skip class and padding match no column).
+    counts = tl.zeros([E_PAD], dtype=tl.int32)
+    for start in range(0, n_tokens, CHUNK):
+        t = start + offs
+        ids = tl.load(IDS + t, mask=t < n_tokens, other=-1).to(tl.int32)
+        hit = ((ids[:, None] == e[None, :]) & emask[None, :]).to(tl.int32)
+        counts += tl.sum(hit, axis=0)
+    ends = tl.cumsum(counts, axis=0)
+    starts = ends - counts
+    # Pass 2: destination = expert start + tokens of that expert seen before (stable order).
+    seen = tl.zeros([E_PAD], dtype=tl.int32)
+    for start in range(0, n_tokens, CHUNK):
+        t = start + offs
+        tmask = t < n_tokens
+        ids = tl.load(IDS + t, mask=tmask, other=-1).to(tl.int32)
+        hit = ((ids[:, None] == e[None, :]) & emask[None, :]).to(tl.int32)
+        rank = tl.cumsum(hit, axis=0) - hit
+        dest = tl.sum(hit * (starts + seen)[None, :] + hit * rank, axis=1)
+        active = tl.sum(hit, axis=1) > 0
+        w = tl.load(W + t, mask=tmask, other=0.0).to(tl.float32)
+        tl.store(SORTED_TOK + dest, t, mask=active)
+        tl.store(SORTED_W + dest, w, mask=active)
+        seen += tl.sum(hit, axis=0)
+    # Tile table: tile b belongs to the first expert whose cumulative tile count exceeds b.
+    tiles = tl.where(emask, (counts + BLOCK_M - 1) // BLOCK_M, 0)
+    tile_ends = tl.cumsum(tiles, axis=0)
+    first_tile = tile_ends - tiles
+    for b0 in range(0, n_blocks, NB_CHUNK):
+        b = b0 + tl.arange(0, NB_CHUNK)
+        owner = tl.sum(((tile_ends[None, :] <= b[:, None]) & emask[None, :]).to(tl.int32), axis=1)
+        sel = (e[None, :] == owner[:, None]).to(tl.int32)
+        valid = owner < n_experts
+        blk_start = tl.sum(sel * starts[None, :], axis=1) + (b - tl.sum(sel * first_tile[None, :], axis=1)) * BLOCK_M
+        blk_end = tl.sum(sel * ends[None, :], axis=1)
+        bmask = b < n_blocks
+        tl.store(BLK_EXPERT + b, tl.where(valid, owner, -1), mask=bmask)
+        tl.store(BLK_START + b, blk_start, mask=bmask)
+        tl.store(BLK_END + b, blk_end, mask=bmask)
+
+
+# Above this many tokens the single-program schedule's serial loop would cost more than the
+# PyTorch ops it replaces (which are then negligible next to the GEMMs).
+_TRITON_SCHEDULE_MAX_TOKENS = 4096
+
+
+def schedule(
+    expert_ids: torch.Tensor, expert_weights: torch.Tensor, num_experts: int, block_m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sorted token ids, their router weights in fp32, tile expert, tile start, tile end).
+
+    Sorted order is stable (tokens of one expert keep their order); only the first
+    (number of non-skipped tokens) sorted entries are defined. Sync-free either way.
+    """
+    t = expert_ids.shape[0]
+    if t > _TRITON_SCHEDULE_MAX_TOKENS:
+        order, blk_e, blk_s, blk_end, perm = tile_schedule(expert_ids, num_experts, block_m)
+        return order, expert_weights[perm].to(torch.float32), blk_e, blk_s, blk_end
+    nb = triton.cdiv(t, block_m) + num_experts
+    dev = expert_ids.device
+    sorted_tok = torch.empty(t, dtype=torch.int32, device=dev)
+    sorted_w = torch.empty(t, dtype=torch.float32, device=dev)
+    blk_e = torch.empty(nb, dtype=torch.int32, device=dev)
+    blk_s = torch.empty(nb, dtype=torch.int32, device=dev)
+    blk_end = torch.empty(nb, dtype=torch.int32, device=dev)
+    _schedule_kernel[(1,)](
+        expert_ids, expert_weights, sorted_tok, sorted_w, blk_e, blk_s, blk_end,
+        t, num_experts, nb,
+        BLOCK_M=block_m, E_PAD=max(16, triton.next_power_of_2(num_experts)),
+        CHUNK=min(1024, max(16, triton.next_power_of_2(t))), NB_CHUNK=min(256, max(16, triton.next_power_of_2(nb))),
+        num_warps=8,
+    )
+    return sorted_tok, sorted_w, blk_e, blk_s, blk_end
+
+
 def moe_config(num_tokens: int, num_experts: int, device: torch.device) -> KernelConfig:
     """Small tiles when experts see few rows (decode), large ones for prefill."""
     name = "moe_small" if num_tokens <= 32 * num_experts else "moe_large"
@@ -117,7 +205,11 @@ def tile_schedule(
     t = expert_ids.shape[0]
     ids = expert_ids.to(torch.int64)
     _, perm = torch.sort(ids, stable=True)
-    counts = torch.bincount(ids, minlength=num_experts + 1)[:num_experts]
+    # scatter_add rather than bincount: bincount reads the max back to the host, which would
+    # stall the stream and break CUDA-graph capture.
+    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=ids.device)
+    counts.scatter_add_(0, ids, torch.ones_like(ids))
+    counts = counts[:num_experts]
     ends = torch.cumsum(counts, 0)
     starts = ends - counts
     tiles = (counts + block_m - 1) // block_m
@@ -170,8 +262,7 @@ def moe_top1(
     stages = cfg.num_stages
     if x.dtype == torch.float32:
         bm, bn, bk, stages = min(bm, 64), min(bn, 64), min(bk, 32), min(stages, 2)
-    order, blk_e, blk_s, blk_end, perm = tile_schedule(expert_ids, num_experts, bm)
-    sorted_w = expert_weights[perm]
+    order, sorted_w, blk_e, blk_s, blk_end = schedule(expert_ids, expert_weights, num_experts, bm)
     h = torch.empty((t, inter), dtype=x.dtype, device=x.device)
     nb = blk_e.shape[0]
     _gate_up_kernel[(nb, triton.cdiv(inter, bn))](

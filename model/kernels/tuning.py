@@ -36,23 +36,34 @@ class KernelConfig:
 #   rms_norm            one program per row; block_n caps the chunk of the hidden dimension
 #   rotary              one program per token (all heads)
 #   prefill_attention   block_m query rows x block_n keys per step (flash-attention tiling)
-#   decode_attention    block_n cached tokens per step; block_m = split-K target programs per SM
+#   decode_attention    block_n cached tokens per step; block_m = split-K target programs per SM;
+#                       block_k = fewest cached tokens one split handles
 #   conv_decode         block_m batch rows per program (>= 16 for tl.dot)
 #   moe_small           grouped GEMM when few tokens per expert (decode): block_m rows per tile
 #   moe_large           grouped GEMM for prefill-sized token counts
 #   router              block_m tokens per program; block_k = chunk of the router width
 DeviceTable = Mapping[str, KernelConfig]
 
-# Measured on an NVIDIA H100 80GB HBM3 (see docs/results/kernels-*.md for the run).
+# Measured on an NVIDIA H100 80GB HBM3 on 2026-11-25 with `scripts/bench_kernels.py --sweep`
+# (CUDA-graph replays, cold L2; docs/results/kernels-2026-11-25.md). Entries not swept keep
+# their first-guess values: rms_norm, rotary. H200 shares the H100's SMs and shared memory,
+# so it reuses these (timed on H100 only).
 _HOPPER: DeviceTable = {
     "rms_norm": KernelConfig(block_n=8192, num_warps=8),
     "rotary": KernelConfig(num_warps=4),
-    "prefill_attention": KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3),
-    "decode_attention": KernelConfig(block_m=2, block_n=64, num_warps=4, num_stages=2),
+    # L=16384: 128x128 w8 s3 1063 us; 128x64 w8 s3 1127; 64x64 w4 s3 1085; 128x64 w4 s3 1970
+    "prefill_attention": KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
+    # block_m: split-K target programs per SM; block_k: fewest tokens per split.
+    # Split target 1/2/4/8 were within 3% at B=1 and B=64 (S=4096).
+    "decode_attention": KernelConfig(block_m=2, block_n=64, block_k=128, num_warps=4, num_stages=2),
+    # B=1: 4 warps 24.0 us, 8 warps 22.8; B=256: 29.2 vs 34.4; block_m=32 spills (154 us)
     "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
-    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4),
+    # T=1 / T=256 of 16 experts: 84.0 / 239.8 us, all six candidates within 10%
+    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3),
+    # T=8192: 128x128x64 w8 s3 635 us; 128x64 w4 685; 64x128 w4 802; 128x256 w8 out of shared memory
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
-    "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
+    # T=1: chunk 128 w8 s2 15.0 us; chunk 64 w4 s1 18.3
+    "router": KernelConfig(block_m=16, block_k=128, num_warps=8, num_stages=2),
 }
 
 # AMD Instinct MI300X (ROCm): NOT MEASURED. No MI300X was available to this project; these
@@ -63,7 +74,7 @@ _MI300X: DeviceTable = {
     "rms_norm": KernelConfig(block_n=8192, num_warps=8),
     "rotary": KernelConfig(num_warps=4),
     "prefill_attention": KernelConfig(block_m=128, block_n=64, num_warps=4, num_stages=1),
-    "decode_attention": KernelConfig(block_m=2, block_n=64, num_warps=4, num_stages=1),
+    "decode_attention": KernelConfig(block_m=2, block_n=64, block_k=256, num_warps=4, num_stages=1),
     "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
     "moe_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=2),
@@ -76,7 +87,7 @@ DEFAULT: DeviceTable = {
     "rms_norm": KernelConfig(block_n=4096, num_warps=8),
     "rotary": KernelConfig(num_warps=4),
     "prefill_attention": KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    "decode_attention": KernelConfig(block_m=2, block_n=64, num_warps=4, num_stages=2),
+    "decode_attention": KernelConfig(block_m=2, block_n=64, block_k=256, num_warps=4, num_stages=2),
     "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
     "moe_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "moe_large": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
@@ -98,7 +109,13 @@ def device_name(device: torch.device | str | None = None) -> str:
         return "cpu"
     if not torch.cuda.is_available():
         return "cpu"
-    return torch.cuda.get_device_name(dev)
+    index = dev.index if dev is not None and dev.index is not None else torch.cuda.current_device()
+    return _cuda_name(index)  # cached: this runs on every launch
+
+
+@lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
 
 
 @lru_cache(maxsize=None)

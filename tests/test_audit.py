@@ -433,3 +433,42 @@ def test_show_rejects_bad_rows_and_prompt_phases(build: Path) -> None:
     assert run_cli(["show", str(build / "long"), "--row", "-1"]) == 2
     assert run_cli(["show", str(build / "rl"), "--row", "0"]) == 2
     assert run_cli(["show", str(build / "long"), "--row", str(rows - 1), "--plain"]) == 0
+
+
+def test_parallel_recount_gives_the_same_audit(build: Path, audit: dict) -> None:
+    assert audit_build(build, workers=2) == audit
+
+
+def test_dedup_decontamination_and_language_are_reported(build: Path, tmp_path: Path) -> None:
+    """Cleaning stages name themselves dedup / near_dedup / decontaminate in the ledger;
+    a source whose language the build recorded is counted under it, the rest "unknown"."""
+    out = tamper_copy(build, tmp_path)
+    phase = out / "short"
+    ledger = json.loads((phase / "ledger.json").read_text())
+    extra = [("dedup", "exact", "gsm8k_q", 4), ("near_dedup", "minhash", "python_docs", 2),
+             ("decontaminate", "gsm8k:13gram", "gsm8k_q", 5)]
+    for stage, reason, src, n in extra:
+        ledger["rejections"].append({"stage": stage, "reason": reason, "source": src, "count": n, "examples": []})
+    (phase / "ledger.json").write_text(json.dumps(ledger))
+    m = json.loads((phase / "manifest.json").read_text())
+    for stage, reason, src, n in extra:  # keep input = written + rejected true
+        m["sources"][src]["rejected_records"] += n
+        m["sources"][src]["input_records"] += n
+        m["totals"]["rejected_records"] += n
+    m["sources"]["gsm8k_q"]["language"] = "en"
+    (phase / "manifest.json").write_text(json.dumps(m))
+    p = audit_build(out, ["short"])["phases"]["short"]
+    assert p["findings"] == []
+    rej = p["rejections"]
+    assert (rej["dedup"]["removed"], rej["decont"]["removed"]) == (6, 5)
+    assert [r["stage"] for r in rej["decont"]["rows"]] == ["decontaminate"]
+    assert rej["by_stage"]["dedup"] == 4 and rej["by_stage"]["near_dedup"] == 2
+    assert rej["rejected_total"] == 3 + 11
+    langs = p["languages"]
+    assert langs["en"]["sources"] == ["gsm8k_q"] and langs["en"]["tokens"] == p["sources"]["gsm8k_q"]["tokens"]
+    assert langs["unknown"]["tokens"] == p["totals"]["tokens"] - langs["en"]["tokens"]
+    # The same ledger edit without the manifest's counts is a disagreement, named per source.
+    m["sources"]["python_docs"]["rejected_records"] -= 2
+    (phase / "manifest.json").write_text(json.dumps(m))
+    msgs = {(f["where"], f["message"]) for f in audit_build(out, ["short"])["findings"]}
+    assert ("source python_docs", "rejected records: manifest says 0, ledger.json says 2") in msgs

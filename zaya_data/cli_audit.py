@@ -49,7 +49,7 @@ def _resolve_against(args: argparse.Namespace, audit: dict[str, Any], progress) 
 
     other = Path(args.against)
     if other.exists():
-        b = audit_build(other, progress_factory=progress)
+        b = audit_build(other, progress_factory=progress, workers=args.workers)
         a_names, b_names = list(audit["phases"]), list(b["phases"])
         if len(find_phases(other)) == 1 and (other / "manifest.json").is_file():
             if len(a_names) != 1:
@@ -73,7 +73,7 @@ def _resolve_against(args: argparse.Namespace, audit: dict[str, Any], progress) 
             root = root.parent
         if not (root / args.against / "manifest.json").is_file():
             raise AuditInputError(f"--against {args.against}: neither a folder nor a phase of {root}")
-        b = audit_build(root, [args.against], progress_factory=progress)
+        b = audit_build(root, [args.against], progress_factory=progress, workers=args.workers)
         pairs = [(next(iter(audit["phases"])), next(iter(b["phases"])))]
         label_b = str(root / args.against)
     cmp = compare_audits(audit, b, pairs, str(args.out), label_b)
@@ -92,8 +92,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=120)
     err = Console(stderr=True)
     progress = _progress_factory(err, args.quiet)
+    if args.workers < 1:
+        err.print(f"[red]error:[/] --workers must be >= 1, got {args.workers}")
+        return EXIT_USAGE
     try:
-        audit = audit_build(Path(args.out), args.phase, progress_factory=progress)
+        audit = audit_build(Path(args.out), args.phase, progress_factory=progress, workers=args.workers)
         if args.against:
             audit["against"] = _resolve_against(args, audit, progress)
     except AuditInputError as e:
@@ -150,6 +153,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--against", metavar="OTHER",
                    help="compare side by side (deltas B - A): another build folder (phases paired by name), "
                         "another phase folder, or the name of another phase of this build (with --phase)")
+    a.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="recount the shards of a phase in N processes (default 1; same figures for any N)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_audit)
 

@@ -245,31 +245,69 @@ def _recount_packed_group(tbl: pa.Table, context: int, base: int, shard: ShardRe
         rc.sources[s_name].uses[rid] += c
 
 
-def recount_packed(phase_dir: Path, shard_files: list[str], context: int,
-                   progress: Progress | None = None) -> PackedRecount:
-    """Recount every listed shard of a packed phase from its bytes."""
+def _recount_packed_shard(phase_dir: Path, name: str, context: int,
+                          progress: Progress | None = None) -> PackedRecount:
+    """The recount of one shard (a picklable result, so shards can be spread over processes)."""
     rc = PackedRecount(context=context)
     rc.row_tokens = LengthCounts(context + 1)
     rc.segment_lengths = LengthCounts(context + 1)
-    for name in shard_files:
-        shard = ShardRecount(file=name)
-        rc.shards.append(shard)
-        pf = _open_shard(phase_dir / name, shard, PACKED_COLUMNS)
-        if pf is None:
-            rc.complete = False
-            continue
-        base = 0
-        try:
-            for g in range(pf.num_row_groups):
-                tbl = pf.read_row_group(g, columns=list(PACKED_COLUMNS))
-                _recount_packed_group(tbl, context, base, shard, rc)
-                base += tbl.num_rows
-                if progress:
-                    progress(tbl.num_rows)
-        except Exception as e:  # corrupt pages surface here; name the shard and row group
-            shard.problems.append(f"cannot read row group {g} ({type(e).__name__}: {e})")
-            shard.readable = False
-            rc.complete = False
+    shard = ShardRecount(file=name)
+    rc.shards.append(shard)
+    pf = _open_shard(phase_dir / name, shard, PACKED_COLUMNS)
+    if pf is None:
+        rc.complete = False
+        return rc
+    base = 0
+    g = 0
+    try:
+        for g in range(pf.num_row_groups):
+            tbl = pf.read_row_group(g, columns=list(PACKED_COLUMNS))
+            _recount_packed_group(tbl, context, base, shard, rc)
+            base += tbl.num_rows
+            if progress:
+                progress(tbl.num_rows)
+    except Exception as e:  # corrupt pages surface here; name the shard and row group
+        shard.problems.append(f"cannot read row group {g} ({type(e).__name__}: {e})")
+        shard.readable = False
+        rc.complete = False
+    return rc
+
+
+def _merge_packed(into: PackedRecount, part: PackedRecount) -> None:
+    into.shards.extend(part.shards)
+    into.complete &= part.complete
+    into.segment_lengths.merge(part.segment_lengths)
+    into.row_tokens.merge(part.row_tokens)
+    for name, s in part.sources.items():
+        acc = into.sources.setdefault(name, SourceRecount())
+        for k in ("tokens", "segments", "documents", "loss_tokens"):
+            setattr(acc, k, getattr(acc, k) + getattr(s, k))
+        acc.categories.update(s.categories)
+        acc.uses.update(s.uses)
+        acc.lengths.merge(s.lengths)
+
+
+def recount_packed(phase_dir: Path, shard_files: list[str], context: int,
+                   progress: Progress | None = None, workers: int = 1) -> PackedRecount:
+    """Recount every listed shard of a packed phase from its bytes; with `workers` > 1,
+    shards are recounted in parallel processes. Results are merged in the manifest's
+    shard order, so the figures do not depend on the number of workers."""
+    rc = PackedRecount(context=context)
+    rc.row_tokens = LengthCounts(context + 1)
+    rc.segment_lengths = LengthCounts(context + 1)
+    if workers <= 1 or len(shard_files) <= 1:
+        for name in shard_files:
+            _merge_packed(rc, _recount_packed_shard(phase_dir, name, context, progress))
+        return rc
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(shard_files))) as pool:
+        futures = [pool.submit(_recount_packed_shard, phase_dir, name, context) for name in shard_files]
+        for fut in futures:
+            part = fut.result()
+            if progress:
+                progress(part.total("rows"))
+            _merge_packed(rc, part)
     return rc
 
 

@@ -27,7 +27,19 @@ from zaya_data.manifest import MANIFEST_NAME, ManifestError, read_manifest
 AUDIT_FORMAT = 1
 SHARE_TOL = 1e-9  # realized shares are ratios of recounted integers: they match exactly or not at all
 REPETITION_TOL = 1e-6  # the manifest rounds repetition to 6 decimals
-PIPELINE_STAGES = ("read", "filter", "dedup", "decont", "format", "tokenize", "trim", "mix")
+# Ledger stages in pipeline order (tables list rejections in the order records meet them).
+PIPELINE_STAGES = ("read", "validate", "quality", "language", "filter", "dedup", "near_dedup", "problem_dedup",
+                   "decont", "decontaminate", "format", "tokenize", "trim", "mix")
+
+
+def removal_kind(stage: str) -> str | None:
+    """"dedup" or "decont" when a ledger stage removes duplicates or benchmark overlap
+    (the cleaning stages name themselves dedup / near_dedup / decontaminate)."""
+    if "dedup" in stage:
+        return "dedup"
+    if stage.startswith("decont"):
+        return "decont"
+    return None
 
 
 def find_phases(root: Path) -> list[Path]:
@@ -59,6 +71,13 @@ def _language(name: str, manifest: dict[str, Any]) -> str:
     for value in (info.get("language"), cfg.get("language"), (cfg.get("options") or {}).get("language")):
         if isinstance(value, str) and value:
             return value
+    # A language filter that keeps exactly one language fixes what got through it.
+    lang = ((cfg.get("clean") or {}).get("language") or {}) if isinstance(cfg.get("clean"), dict) else {}
+    keep = lang.get("keep") if isinstance(lang, dict) else None
+    if isinstance(keep, (list, tuple)) and len(keep) == 1 and isinstance(keep[0], str):
+        return keep[0]
+    if isinstance(keep, str) and keep:
+        return keep
     return "unknown"
 
 
@@ -97,7 +116,7 @@ def _rejections(ledger: dict[str, Any] | None) -> dict[str, Any]:
         by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + r["count"]
         key = f"{r['stage']}/{r['reason']}"
         by_reason[key] = by_reason.get(key, 0) + r["count"]
-    removed = {st: [r for r in rows if r["stage"] == st] for st in ("dedup", "decont")}
+    removed = {kind: [r for r in rows if removal_kind(r["stage"]) == kind] for kind in ("dedup", "decont")}
     return {
         "present": ledger is not None,
         "rows": rows,
@@ -152,7 +171,7 @@ def _check_shards(phase: str, manifest: dict[str, Any], rc: PackedRecount | Prom
                 _compare(findings, phase, name, k, entry.get(k), getattr(shard, k))
 
 
-def audit_phase(phase_dir: str | Path, progress: Progress | None = None) -> dict[str, Any]:
+def audit_phase(phase_dir: str | Path, progress: Progress | None = None, workers: int = 1) -> dict[str, Any]:
     """Audit one phase folder: its figures (from the recount) and its findings."""
     phase_dir = Path(phase_dir)
     try:
@@ -178,7 +197,7 @@ def audit_phase(phase_dir: str | Path, progress: Progress | None = None) -> dict
         "rejections": rej,
     }
     if kind == "packed":
-        rc = recount_packed(phase_dir, listed, int(manifest["context"]), progress)
+        rc = recount_packed(phase_dir, listed, int(manifest["context"]), progress, workers)
         body = _packed_audit(phase, manifest, rc, rej, findings)
     else:
         rcp = recount_prompts(phase_dir, listed, progress)
@@ -446,9 +465,10 @@ def _prompt_audit(phase: str, m: dict[str, Any], rc: PromptRecount, rej: dict[st
 
 
 def audit_build(root: str | Path, phases: list[str] | None = None,
-                progress_factory: Any = None) -> dict[str, Any]:
+                progress_factory: Any = None, workers: int = 1) -> dict[str, Any]:
     """Audit every phase under `root` (or only `phases`). `progress_factory(name, rows)`
-    may return a per-row-group callback for a progress bar."""
+    may return a per-row-group callback for a progress bar; `workers` processes recount
+    the shards of a packed phase in parallel (same figures whatever the number)."""
     root = Path(root)
     dirs = find_phases(root)
     if phases:
@@ -466,11 +486,11 @@ def audit_build(root: str | Path, phases: list[str] | None = None,
             raise AuditInputError(str(e)) from e
         cb = progress_factory(d.name, manifest_rows) if progress_factory else None
         try:
-            pa = audit_phase(d, cb)
+            phase_audit = audit_phase(d, cb, workers)
         finally:
             if cb is not None and hasattr(cb, "close"):
                 cb.close()
-        out["phases"][pa["phase"]] = pa
+        out["phases"][phase_audit["phase"]] = phase_audit
     out["findings"] = [f for p in out["phases"].values() for f in p["findings"]]
     out["ok"] = not out["findings"]
     return out

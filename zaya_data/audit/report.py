@@ -478,19 +478,27 @@ def audit_build(root: str | Path, phases: list[str] | None = None,
             raise AuditInputError(f"{root}: no phase {', '.join(map(repr, missing))} "
                                   f"(phases: {', '.join(sorted(by_name))})")
         dirs = [by_name[p] for p in phases]
-    out: dict[str, Any] = {"format": AUDIT_FORMAT, "tool": "zaya-data audit", "root": str(root), "phases": {}}
+    manifests = {}
     for d in dirs:
         try:
-            manifest_rows = sum(int(s.get("rows", 0)) for s in read_manifest(d)["shards"])
+            manifests[d] = read_manifest(d)
         except ManifestError as e:
             raise AuditInputError(str(e)) from e
+    if not phases:
+        # The recipe's order: packed phases by context (pretraining, midtraining, SFT),
+        # then RL prompt sets; names break ties.
+        dirs.sort(key=lambda d: (manifests[d].get("kind", "packed") != "packed",
+                                 int(manifests[d].get("context") or 0), d.name))
+    out: dict[str, Any] = {"format": AUDIT_FORMAT, "tool": "zaya-data audit", "root": str(root), "phases": {}}
+    for d in dirs:
+        manifest_rows = sum(int(s.get("rows", 0)) for s in manifests[d]["shards"])
         cb = progress_factory(d.name, manifest_rows) if progress_factory else None
         try:
             phase_audit = audit_phase(d, cb, workers)
         finally:
             if cb is not None and hasattr(cb, "close"):
                 cb.close()
-        out["phases"][phase_audit["phase"]] = phase_audit
+        out["phases"][d.name] = phase_audit
     out["findings"] = [f for p in out["phases"].values() for f in p["findings"]]
     out["ok"] = not out["findings"]
     return out

@@ -22,7 +22,7 @@ def num(x: Any) -> str:
     if x is None:
         return "-"
     if isinstance(x, float):
-        return f"{x:,.2f}"
+        return f"{int(x):,}" if x.is_integer() else f"{x:,.2f}"
     return f"{x:,}"
 
 

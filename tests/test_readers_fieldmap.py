@@ -160,8 +160,11 @@ def test_rollout_objects_and_parallel_answers() -> None:
     assert error_of(m2, {"q": "P", "code": ["a", "b"], "pred": ["1"]}) == (
         "length_mismatch", "field 'rollout_answers' (pred) has 1 items, 'rollouts' (code) has 2")
     assert error_of(m2, {"q": "P", "code": [], "pred": []}) == ("empty_field", "field 'rollouts' (code) is an empty list")
-    assert error_of(m2, {"q": "P", "code": ["a", ""], "pred": ["1", "2"]}) == (
-        "empty_field", "field 'rollouts[1]' (code[1]) is empty")
+    # an empty sample is passed on (the group is the record); a missing one is not text
+    assert m2({"q": "P", "code": ["a", ""], "pred": ["1", "2"]})[3][1] == {
+        "id": stable_id(stable_id("s", "P"), ""), "text": "", "answer": "2"}
+    assert error_of(m2, {"q": "P", "code": ["a", None], "pred": ["1", "2"]}) == (
+        "missing_field", "field 'rollouts[1]' (code[1]) is null")
 
 
 @pytest.mark.parametrize("fields,split,message", [

@@ -469,7 +469,7 @@ class Mapper:
             answer: str | None = None
             if isinstance(item, dict):
                 texpr, tsteps = self.rollout_text
-                text = as_text(resolve(item, tsteps, canon, f"{rexpr}[{i}].{texpr}"), canon, f"{rexpr}[{i}].{texpr}")
+                text = _rollout_text(resolve(item, tsteps, canon, f"{rexpr}[{i}].{texpr}"), canon, f"{rexpr}[{i}].{texpr}")
                 aexpr, asteps = self.rollout_answer
                 try:
                     raw_answer = resolve(item, asteps, canon, aexpr)
@@ -479,7 +479,7 @@ class Mapper:
                     raw_answer = None
                 answer = as_text(raw_answer, f"{canon}.answer", aexpr, numeric=True, required=False)
             else:
-                text = as_text(item, canon, f"{rexpr}[{i}]")
+                text = _rollout_text(item, canon, f"{rexpr}[{i}]")
             if answers is not None:
                 answer = as_text(
                     answers[i], f"rollout_answers[{i}]", f"{self.exprs['rollout_answers'][0]}[{i}]",
@@ -487,6 +487,15 @@ class Mapper:
                 )
             out.append({"id": stable_id(problem_id, text), "text": text, "answer": answer})  # type: ignore[arg-type]
         return (problem_id, problem, self._reference(rec), out, self._meta(rec))
+
+
+def _rollout_text(value: Any, canon: str, expr: str) -> str:
+    """A rollout's text. An empty string is kept: the group (the problem) is the record,
+    and one empty sample among C does not make the problem unusable; consumers that need
+    text (the RSA population builder) count each empty rollout themselves."""
+    if type(value) is str and (not value or value.isspace()):
+        return value
+    return as_text(value, canon, expr)  # type: ignore[return-value]
 
 
 def _drop_path(rest: dict[str, Any], path: tuple[str, ...]) -> None:

@@ -1,0 +1,170 @@
+"""Full-path throughput (read, tokenize, trim, pack, write shards) against its limits.
+
+Baselines measured in the same run, on the same corpus, tokenizer and cores:
+  raw        tokenizers `encode_batch` over the texts already in memory (the practical
+             limit: no reading, no writing);
+  datatrove  datatrove's own tokenization pipeline (JsonlReader -> DocumentTokenizer) with
+             one task per core (tokenize + write only: no trimming, mixing or packing);
+  zaya-data  `zaya-data build` of one packed phase over the same JSONL files on Ray with
+             one worker per core (includes Ray startup) and in process (one core).
+
+The corpus is the real reasoning traces and solutions in ../shared/data, written as
+documents into JSONL files, repeated until it holds --mb megabytes.
+
+    python benchmarks/bench_tokenize.py --mb 40 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def corpus_texts() -> list[str]:
+    texts: list[str] = []
+    for line in (DATA / "qwen25-math-eval" / "math_cot_100_rollouts8.jsonl").open():
+        texts.extend(json.loads(line)["code"])
+    for name in ("minerva_math.jsonl",):
+        for line in (DATA / "qwen25-math-eval" / name).open():
+            texts.append(json.loads(line)["solution"])
+    for line in (DATA / "qwen25-math-eval" / "olympiadbench.jsonl").open():
+        texts.append("\n".join(json.loads(line)["solution"]))
+    for line in (DATA / "limo-eval" / "math.jsonl").open():
+        r = json.loads(line)
+        texts.append(r["problem"] + "\n\n" + r["solution"])
+    return [t for t in texts if t.strip()]
+
+
+def write_corpus(folder: Path, mb: int, files: int) -> tuple[list[str], int]:
+    base = corpus_texts()
+    texts: list[str] = []
+    size = 0
+    i = 0
+    while size < mb * 1_000_000:
+        # A copy number keeps repeated texts distinct records (ids are content hashes).
+        t = f"{base[i % len(base)]}\n[copy {i // len(base)}]"
+        texts.append(t)
+        size += len(t.encode())
+        i += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    per = (len(texts) + files - 1) // files
+    for f in range(files):
+        with (folder / f"part-{f:03d}.jsonl").open("w") as out:
+            for t in texts[f * per:(f + 1) * per]:
+                out.write(json.dumps({"text": t}) + "\n")
+    return texts, size
+
+
+def bench_raw(tok_path: str, texts: list[str], workers: int) -> tuple[float, int]:
+    from tokenizers import Tokenizer
+
+    os.environ["RAYON_NUM_THREADS"] = str(workers)
+    tok = Tokenizer.from_file(tok_path)
+    t0 = time.perf_counter()
+    n = 0
+    for lo in range(0, len(texts), 1024):
+        n += sum(len(e.ids) for e in tok.encode_batch(texts[lo:lo + 1024], add_special_tokens=False))
+    return time.perf_counter() - t0, n
+
+
+def bench_datatrove(tok_path: str, folder: Path, workers: int, work: Path) -> tuple[float, int]:
+    code = f"""
+import time
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.tokens import DocumentTokenizer
+t0 = time.perf_counter()
+LocalPipelineExecutor(
+    pipeline=[JsonlReader({str(folder)!r}, text_key="text", doc_progress=False),
+              DocumentTokenizer({str(work / 'dt_out')!r}, tokenizer_name_or_path={tok_path!r},
+                                eos_token="<eos>", batch_size=1024, save_final_metadata=False)],
+    tasks={workers}, workers={workers}, logging_dir={str(work / 'dt_logs')!r}, skip_completed=False,
+).run()
+print(time.perf_counter() - t0)
+"""
+    env = {**os.environ, "RAYON_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
+    secs = float(r.stdout.strip().splitlines()[-1])
+    tokens = sum((p.stat().st_size // 2) for p in (work / "dt_out").glob("*.ds"))
+    return secs, tokens
+
+
+def bench_zaya(folder: Path, workers: int, work: Path, ray: bool, total_tokens: int) -> tuple[float, int]:
+    mix = work / "bench.yaml"
+    mix.write_text(f"""
+name: bench
+seed: 1
+sources:
+  corpus: {{path: "{folder}/*.jsonl", format: jsonl, category: math}}
+phases:
+  p:
+    context: 4096
+    token_budget: {total_tokens}
+    weights: {{corpus: 1}}
+    max_repetition: 1.5
+    shard_rows: 4096
+""")
+    out = work / ("zray" if ray else "zlocal")
+    cmd = [sys.executable, "-m", "zaya_data.cli", "build", str(mix), "--out", str(out), "--quiet",
+           "--workers", str(workers)] + ([] if ray else ["--no-ray"])
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if r.returncode:
+        raise RuntimeError(r.stdout[-2000:] + r.stderr[-3000:])
+    m = json.loads((out / "p" / "manifest.json").read_text())
+    # Tokens processed = every token the tokenizer produced (all of the source is read and
+    # tokenized; the budget asks for all of it).
+    return secs, m["sources"]["corpus"]["available_tokens"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=int, default=40)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--files", type=int, default=0, help="JSONL files (default: 4 per worker)")
+    args = ap.parse_args()
+    from zaya_data.tokenizer import load_tokenizer
+
+    import zaya_data
+
+    load_tokenizer("embedded")  # fails clearly if the packaged tokenizer is missing
+    tok_path = str(Path(zaya_data.__file__).parent / "assets" / "tokenizer" / "tokenizer.json")
+    work = Path(tempfile.mkdtemp(prefix="zaya-bench-"))
+    try:
+        texts, size = write_corpus(work / "corpus", args.mb, args.files or 4 * args.workers)
+        raw_s, raw_tok = bench_raw(tok_path, texts, args.workers)
+        dt_s, dt_tok = bench_datatrove(tok_path, work / "corpus", args.workers, work)
+        zl_s, zl_tok = bench_zaya(work / "corpus", 1, work, ray=False, total_tokens=raw_tok)
+        zr_s, zr_tok = bench_zaya(work / "corpus", args.workers, work, ray=True, total_tokens=raw_tok)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    raw_rate = raw_tok / raw_s
+    rows = [
+        ("raw encode_batch (in memory)", raw_s, raw_tok),
+        (f"datatrove tokenize pipeline, {args.workers} tasks", dt_s, dt_tok),
+        ("zaya-data build, in process (1 core)", zl_s, zl_tok),
+        (f"zaya-data build, Ray, {args.workers} workers", zr_s, zr_tok),
+    ]
+    print(f"corpus: {len(texts):,} documents, {size / 1e6:.1f} MB; {args.workers} cores; "
+          f"{platform.processor() or platform.machine()}; python {platform.python_version()}")
+    print(f"{'path':48s} {'seconds':>8s} {'tokens':>12s} {'tokens/s':>12s} {'x raw':>7s}")
+    for name, s, n in rows:
+        print(f"{name:48s} {s:8.2f} {n:12,d} {n / s:12,.0f} {n / s / raw_rate:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

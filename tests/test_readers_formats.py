@@ -229,6 +229,8 @@ def test_a_glob_matching_nothing_names_the_source_glob_and_origin(tmp_path: Path
     with pytest.raises(ValueError) as err:
         list_units(s)
     assert str(err.value) == f"source 'src' (mix.yaml:7): path {pattern!r} matches no file"
+    with pytest.raises(ValueError, match="it is a folder: give a glob such as"):
+        list_units(spec("jsonl", (str(tmp_path),), kind="document"))
 
 
 def test_double_star_globs_recurse_and_units_are_sorted(tmp_path: Path) -> None:

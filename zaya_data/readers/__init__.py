@@ -80,7 +80,10 @@ def list_units(spec: SourceSpec) -> list[ReadUnit]:
         hits = _matches(spec, pattern)
         if not hits:
             what = "no file or save_to_disk folder" if spec.format == "hf" else "no file"
-            raise ValueError(f"source {spec.name!r} ({spec.origin}): path {pattern!r} matches {what}")
+            hint = ""
+            if os.path.isdir(pattern) and spec.format != "hf":
+                hint = f" (it is a folder: give a glob such as {os.path.join(pattern, '**', '*')!r})"
+            raise ValueError(f"source {spec.name!r} ({spec.origin}): path {pattern!r} matches {what}{hint}")
         found.update(os.path.normpath(os.path.abspath(h)) for h in hits)
     return [ReadUnit(spec.name, i, path) for i, path in enumerate(sorted(found))]
 

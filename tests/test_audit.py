@@ -472,3 +472,33 @@ def test_dedup_decontamination_and_language_are_reported(build: Path, tmp_path: 
     (phase / "manifest.json").write_text(json.dumps(m))
     msgs = {(f["where"], f["message"]) for f in audit_build(out, ["short"])["findings"]}
     assert ("source python_docs", "rejected records: manifest says 0, ledger.json says 2") in msgs
+
+
+def test_progress_sees_every_row_of_every_phase(build: Path) -> None:
+    seen: dict[str, list[int]] = {}
+
+    class Bar:
+        def __init__(self, phase: str, rows: int) -> None:
+            seen[phase] = [rows, 0]
+            self.phase = phase
+
+        def __call__(self, rows: int) -> None:
+            seen[self.phase][1] += rows
+
+    audit_build(build, progress_factory=Bar)
+    for phase, (expected, got) in seen.items():
+        rows = json.loads((build / phase / "manifest.json").read_text())["shards"]
+        assert expected == got == sum(s["rows"] for s in rows)
+    assert set(seen) == {"short", "long", "rl"}
+
+
+def test_malformed_row_is_named_by_shard_and_row(build: Path, tmp_path: Path) -> None:
+    out = tamper_copy(build, tmp_path)
+
+    def stretch(rows: list[dict]) -> None:
+        rows[2]["segment_lengths"][0] += 1
+
+    _rewrite(out / "short" / "shard-00001.parquet", stretch)
+    findings = [f for f in audit_build(out, ["short"])["findings"] if f["where"] == "shard-00001.parquet"]
+    assert any(f["message"].startswith("row 2: segments hold ") and f["message"].endswith("row has 512")
+               for f in findings)

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -36,13 +37,14 @@ class _Bar:
         self.progress.stop()
 
 
-def _progress_factory(err: Console, quiet: bool):
+def _progress_factory(err: Console, quiet: bool) -> Callable[[str, int], _Bar] | None:
     if quiet or not err.is_terminal:
         return None
     return lambda phase, rows: _Bar(err, phase, rows)
 
 
-def _resolve_against(args: argparse.Namespace, audit: dict[str, Any], progress) -> dict[str, Any]:
+def _resolve_against(args: argparse.Namespace, audit: dict[str, Any],
+                     progress: Callable[[str, int], _Bar] | None) -> dict[str, Any]:
     """--against OTHER: another build folder (phases paired by name), another phase folder
     (paired with the one phase audited), or the name of another phase of the same build."""
     from zaya_data.audit import AuditInputError, audit_build, compare_audits, find_phases
@@ -128,8 +130,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     except AuditInputError as e:
         err.print(f"[red]error:[/] {e}")
         return EXIT_USAGE
-    text = render_row(view, color=not args.plain)
-    if args.plain:
+    # Piped output has no colour, so dim/bold would vanish: mark masked spans with « » there.
+    plain = args.plain or not sys.stdout.isatty()
+    text = render_row(view, color=not plain)
+    if plain:
         sys.stdout.write(text.plain)
     else:
         console.print(text, soft_wrap=True)
@@ -166,5 +170,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Exit 2 on a bad folder or a row out of range.")
     s.add_argument("dir", metavar="DIR", help="a phase folder (OUT/<phase>)")
     s.add_argument("--row", type=int, required=True, metavar="N", help="0-based row across the phase's shards")
-    s.add_argument("--plain", action="store_true", help="no colour: mark masked spans with \u00ab \u00bb")
+    s.add_argument("--plain", action="store_true",
+                   help="no colour: mark masked spans with \u00ab \u00bb (the default when output is not a terminal)")
     s.set_defaults(func=cmd_show)

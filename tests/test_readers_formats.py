@@ -242,3 +242,15 @@ def test_double_star_globs_recurse_and_units_are_sorted(tmp_path: Path) -> None:
         (0, "a/0.jsonl"), (1, "a/x/1.jsonl"), (2, "b/2.jsonl")]
     table = pa.concat_tables(read_unit(spec("jsonl", (), kind="document"), units[2], Ledger()))
     assert table["file_index"].to_pylist() == [2]
+
+
+def test_hf_dataset_without_a_mapped_column_rejects_every_row(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.Dataset.from_dict({"problem": ["p1", "p2", "p3"], "answer": ["1", "2", "3"]}).save_to_disk(
+        str(tmp_path / "ds"))
+    table, ledger = read(spec("hf", (str(tmp_path / "ds"),)))
+    assert table is None
+    assert ledger.counts == {("read", "missing_field", "src"): 3}
+    assert ledger.examples[("read", "missing_field", "src")][0]["detail"].startswith(
+        "field 'reasoning' needs column 'solution'")

@@ -39,12 +39,13 @@ class StubOpenAIServer:
     """`with StubOpenAIServer(fail_first=[429, 500]) as s: s.base_url` -> "http://127.0.0.1:PORT/v1"."""
 
     def __init__(self, fail_first: list[int] | None = None, hang_first: int = 0, hang_seconds: float = 2.0,
-                 expected_key: str | None = None, max_tokens_cap: int | None = None):
+                 expected_key: str | None = None, max_tokens_cap: int | None = None, echo_auth: bool = False):
         self.fail_first = list(fail_first or [])
         self.hang_first = hang_first
         self.hang_seconds = hang_seconds
         self.expected_key = expected_key
         self.max_tokens_cap = max_tokens_cap
+        self.echo_auth = echo_auth  # error bodies quote the Authorization header (a careless server)
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []  # every request body, in arrival order
         self.statuses: list[int] = []  # the status of every reply
@@ -84,7 +85,10 @@ class StubOpenAIServer:
                 if n < stub.hang_first:
                     time.sleep(stub.hang_seconds)
                 if n < len(stub.fail_first):
-                    self._send(stub.fail_first[n], {"error": {"message": "injected failure"}})
+                    msg = "injected failure"
+                    if stub.echo_auth:
+                        msg += f" for Authorization: {self.headers.get('Authorization')}"
+                    self._send(stub.fail_first[n], {"error": {"message": msg}})
                     return
                 if stub.expected_key is not None and self.headers.get("Authorization") != f"Bearer {stub.expected_key}":
                     self._send(401, {"error": {"message": "bad key"}})

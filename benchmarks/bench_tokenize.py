@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+# ../shared/data beside the checkout; ZAYA_SHARED_DATA points elsewhere (a device machine).
+DATA = Path(os.environ.get("ZAYA_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def corpus_texts() -> list[str]:
@@ -136,6 +137,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=40)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--files", type=int, default=0, help="JSONL files (default: 4 per worker)")
+    ap.add_argument("--scaling", default="", help="also build with Ray at these worker counts, e.g. 1,2,4,8,16")
     args = ap.parse_args()
     from zaya_data.tokenizer import load_tokenizer
 
@@ -150,6 +152,10 @@ def main() -> None:
         dt_s, dt_tok = bench_datatrove(tok_path, work / "corpus", args.workers, work)
         zl_s, zl_tok = bench_zaya(work / "corpus", 1, work, ray=False, total_tokens=raw_tok)
         zr_s, zr_tok = bench_zaya(work / "corpus", args.workers, work, ray=True, total_tokens=raw_tok)
+        scaling = []
+        for w in [int(x) for x in args.scaling.split(",") if x]:
+            shutil.rmtree(work / "zray", ignore_errors=True)
+            scaling.append((w, *bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     raw_rate = raw_tok / raw_s
@@ -164,6 +170,12 @@ def main() -> None:
     print(f"{'path':48s} {'seconds':>8s} {'tokens':>12s} {'tokens/s':>12s} {'x raw':>7s}")
     for name, s, n in rows:
         print(f"{name:48s} {s:8.2f} {n:12,d} {n / s:12,.0f} {n / s / raw_rate:7.2f}")
+    if scaling:
+        base = scaling[0][2] / scaling[0][1] / scaling[0][0]
+        print(f"\n{'Ray workers':>11s} {'seconds':>8s} {'tokens/s':>12s} {'speedup':>8s} {'efficiency':>10s}")
+        for w, s, n in scaling:
+            rate = n / s
+            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / (base * scaling[0][0]):8.2f} {rate / (base * w):10.2%}")
 
 
 if __name__ == "__main__":

@@ -502,3 +502,15 @@ def test_malformed_row_is_named_by_shard_and_row(build: Path, tmp_path: Path) ->
     findings = [f for f in audit_build(out, ["short"])["findings"] if f["where"] == "shard-00001.parquet"]
     assert any(f["message"].startswith("row 2: segments hold ") and f["message"].endswith("row has 512")
                for f in findings)
+
+
+def test_edited_targets_and_config_are_named(build: Path, tmp_path: Path) -> None:
+    out = tamper_copy(build, tmp_path)
+    path = out / "long" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["sources"]["python_docs"]["target_tokens"] += 500
+    m["weights"]["target"]["python_docs"] = 0.2
+    m["config"]["phase"]["weights"]["python_docs"] = 0.2
+    path.write_text(json.dumps(m))
+    msgs = sorted(f["message"].split(" is ")[0].split(" add")[0] for f in audit_build(out, ["long"])["findings"])
+    assert msgs == ["config_sha256", "sources' target_tokens", "weights.target"]

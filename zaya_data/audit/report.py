@@ -13,6 +13,7 @@ The result is plain JSON data (`audit_build(...)["phases"][name]`), rendered by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -190,6 +191,7 @@ def audit_phase(phase_dir: str | Path, progress: Progress | None = None, workers
         findings.append(Finding(phase, name, "listed more than once in the manifest"))
     for name in stray_files(phase_dir, listed, kind):
         findings.append(Finding(phase, name, "data file in the phase folder that the manifest does not list"))
+    _check_config(phase, manifest, findings)
     base: dict[str, Any] = {
         "phase": phase, "dir": str(phase_dir), "kind": kind, "seed": manifest.get("seed"),
         "config_sha256": manifest.get("config_sha256"), "tool_version": manifest.get("tool_version"),
@@ -208,6 +210,32 @@ def audit_phase(phase_dir: str | Path, progress: Progress | None = None, workers
     base["findings"] = [f.to_dict() for f in findings]
     base["ok"] = not findings
     return base
+
+
+def _check_config(phase: str, m: dict[str, Any], findings: list[Finding]) -> None:
+    """What the manifest says it was built from must hash to its config_sha256, and its
+    targets must add up to the budget and to 1: an edited target is caught here."""
+    cfg, listed = m.get("config"), m.get("config_sha256")
+    if isinstance(cfg, dict) and isinstance(listed, str):
+        # The build hashes the config as sort_keys JSON; a JSON round trip keeps that text.
+        found = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
+        if found != listed:
+            findings.append(Finding(phase, MANIFEST_NAME, f"config_sha256 is {listed[:16]}... but the manifest's "
+                                                          f"config hashes to {found[:16]}... (config edited)"))
+    target = (m.get("weights") or {}).get("target")
+    if isinstance(target, dict) and target:
+        total = math.fsum(v for v in target.values() if isinstance(v, (int, float)))
+        if abs(total - 1.0) > 1e-9:
+            findings.append(Finding(phase, MANIFEST_NAME, f"weights.target adds up to {total!r}, not 1"))
+    key, budget_key = ("target_tokens", "token_budget") if m.get("kind", "packed") == "packed" else (
+        "target_prompts", "prompt_budget")
+    srcs = m.get("sources") or {}
+    budget = m.get(budget_key)
+    if isinstance(budget, int) and srcs and all(key in s for s in srcs.values()):
+        total_t = sum(int(s[key]) for s in srcs.values())
+        if total_t != budget:
+            findings.append(Finding(phase, MANIFEST_NAME, f"sources' {key} add up to {total_t}, "
+                                                          f"{budget_key} is {budget}"))
 
 
 def _check_accounting(phase: str, name: str, info: dict[str, Any], rej: dict[str, Any],

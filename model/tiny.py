@@ -42,10 +42,11 @@ def randomize_(
     balancing biases are non-zero and the skip class gets `skip_bias`. Matrices are scaled
     by 1/sqrt(fan_in) so activations keep a sensible size through the layers.
     """
-    gen = torch.Generator().manual_seed(seed)
+    device = model.device
+    gen = torch.Generator(device=device).manual_seed(seed)  # on CPU: the same values on every machine
 
     def randn(shape: torch.Size) -> torch.Tensor:
-        return torch.randn(shape, generator=gen, dtype=torch.float32)
+        return torch.randn(shape, generator=gen, dtype=torch.float32, device=device)
 
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
@@ -53,7 +54,7 @@ def randomize_(
             if name == "model.embed_tokens.weight":
                 value = randn(p.shape) * embed_std
             elif leaf == "temp":
-                value = 0.5 + torch.rand(p.shape, generator=gen)
+                value = 0.5 + torch.rand(p.shape, generator=gen, device=device)
             elif leaf == "hidden_states_scale":
                 # Blocks' outputs amplified: with tied embeddings a random model otherwise
                 # mostly echoes its current token; this way the context decides the next one.

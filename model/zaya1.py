@@ -403,6 +403,24 @@ class Zaya1ForCausalLM(nn.Module):
             layer.mlp.gate.balancing_biases.data = layer.mlp.gate.balancing_biases.data.float()
         return self
 
+    def materialize_(self, device: torch.device | str, dtype: torch.dtype) -> Zaya1ForCausalLM:
+        """Give a meta-device model real, uninitialized storage on `device` (weights still to be filled).
+
+        Rebuilds what is not a weight: the RoPE tables, the tie of lm_head to the embedding,
+        and fp32 balancing biases (reset to their init: zeros, skip class -1).
+        """
+        self.to_empty(device=device)
+        self.to_dtype(dtype)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.model.rotary_emb = RotaryEmbedding(self.config).to(device)
+        with torch.no_grad():
+            for layer in self.model.layers:
+                biases = layer.mlp.gate.balancing_biases
+                biases.zero_()
+                biases[-1] = -1.0
+        return self
+
     def new_cache(self, batch_size: int, max_len: int) -> ModelCache:
         return ModelCache(self.config, batch_size, max_len, device=self.device, dtype=self.dtype)
 

@@ -40,16 +40,18 @@ def _prefill_step(
     else:
         k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None])
         v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])
-    s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+    s = tl.dot(q, k, input_precision=PRECISION)
     if MASKED:
         allowed = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] < k_len)
         if WINDOW > 0:
             allowed = allowed & (offs_n[None, :] > q_pos[:, None] - WINDOW)
         s = tl.where(allowed, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # Statistics are kept in the scaled log2 domain; the scale is applied inside one
+    # multiply-add per score (s * scale - m) instead of a separate pass over the tile.
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
     # A row can see no key in a masked block (window edge); keep its stats finite.
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_use[:, None])
+    p = tl.math.exp2(s * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)

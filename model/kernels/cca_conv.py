@@ -24,7 +24,7 @@ def _conv_decode_kernel(
     QK, S, DW, DB, GW, GB, OUT,
     batch,
     stride_xb, stride_sb, stride_sc, stride_st, stride_dw_c, stride_dw_k,
-    stride_gw_o, stride_gw_i, stride_gw_k, stride_ob,
+    stride_ob,
     CG: tl.constexpr, CG_PAD: tl.constexpr, BLOCK_B: tl.constexpr,
     UPDATE_STATE: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -60,10 +60,12 @@ def _conv_decode_kernel(
     # holds d_k[:, i], which matches the memory order of GW[o, i, k]; each output channel's
     # weights are then one contiguous run of 2*CG values (vectorized, coalesced loads).
     dd = tl.reshape(tl.join(d1, d2), (BLOCK_B, 2 * CG_PAD))
+    # GW is contiguous (the wrapper guarantees it), so flat offset f = 2i+k is provably
+    # contiguous and the loads vectorize.
     f = tl.arange(0, 2 * CG_PAD)
-    fmask = (f // 2) < CG
+    fmask = f < 2 * CG
     wt = tl.load(
-        GW + (g * CG + ch)[None, :].to(tl.int64) * stride_gw_o + (f // 2)[:, None] * stride_gw_i + (f % 2)[:, None] * stride_gw_k,
+        GW + (g * CG + ch)[None, :].to(tl.int64) * (2 * CG) + f[:, None],
         mask=fmask[:, None] & cmask[None, :], other=0.0,
     )
     acc = tl.dot(dd, wt, input_precision=PRECISION)
@@ -93,6 +95,7 @@ def cca_conv_decode(
         raise ValueError(f"weights {tuple(dw_weight.shape)}, {tuple(gw_weight.shape)} do not fit {c} channels")
     if qk.stride(1) != 1:
         qk = qk.contiguous()
+    gw_weight = gw_weight.contiguous()  # a no-op for nn.Conv1d weights
     out = torch.empty_like(qk)
     if b_size == 0:
         return out
@@ -104,7 +107,7 @@ def cca_conv_decode(
         b_size,
         qk.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         dw_weight.stride(0), dw_weight.stride(2),
-        gw_weight.stride(0), gw_weight.stride(1), gw_weight.stride(2), out.stride(0),
+        out.stride(0),
         CG=cg, CG_PAD=max(16, triton.next_power_of_2(cg)), BLOCK_B=block_b,
         UPDATE_STATE=update_state,
         PRECISION="ieee" if gw_weight.dtype == torch.float32 else "tf32",

@@ -112,11 +112,15 @@ def router_top1(
     r_pad = max(16, triton.next_power_of_2(width))
     chunk = min(cfg.block_k, r_pad)
     block_t = max(16, cfg.block_m)
+    stages = cfg.num_stages
+    if fc1_weight.dtype == torch.float32:
+        # fp32 weight tiles are twice the bytes: keep the pipelined chunks inside shared memory.
+        chunk, stages = min(chunk, 64), 1
     _router_kernel[(triton.cdiv(t, block_t),)](
         s, norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias, out_weight, balancing_biases, out_w, out_e,
         t, width, n_classes, eps, s.stride(0),
         R_PAD=r_pad, E_PAD=max(16, triton.next_power_of_2(n_classes)), BLOCK_T=block_t, CHUNK=chunk,
         PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=stages,
     )
     return out_w, out_e

@@ -409,6 +409,7 @@ class Zaya1ForCausalLM(nn.Module):
         Rebuilds what is not a weight: the RoPE tables, the tie of lm_head to the embedding,
         and fp32 balancing biases (reset to their init: zeros, skip class -1).
         """
+        self.to(dtype)  # still on meta: free, and the device never holds an fp32 copy
         self.to_empty(device=device)
         self.to_dtype(dtype)
         if self.config.tie_word_embeddings:

@@ -257,7 +257,7 @@ def phase_html(p: dict[str, Any]) -> str:
         ["source", "count", "mean", "p50", "p90", "max"],
         [[k, num(s["lengths"]["count"]), f'{s["lengths"]["mean"]:,.1f}', num(s["lengths"]["p50"]),
           num(s["lengths"]["p90"]), num(s["lengths"]["max"])] for k, s in src.items() if s.get("lengths")])
-    unit = "document tokens" if packed else "prompt characters"
+    unit = "segment lengths (tokens)" if packed else "prompt lengths (characters)"
     parts.append(_section("lengths", "length distributions",
                           f'<div class="grid"><div>{stats}</div><div><div class="ct">{unit} by source</div>'
                           f'{per_source}</div></div>' + hists))

@@ -238,3 +238,25 @@ def test_tiny_zaya1_model_as_teacher_on_cpu(tmp_path):
     # Random weights write no final answer: whatever is not kept is counted, with its reason.
     assert sum(r["kept"] for r in state) + res.ledger.total() == 4
     assert set(res.ledger.counts) <= {("rsa", "no_final_answer", "rsa_test"), ("rsa", "empty_target", "rsa_test")}
+
+
+def test_ray_actor_pool_returns_the_in_process_outputs_in_order():
+    """The pool cuts fixed chunks before spreading them over actors, so what is drawn does
+    not depend on the number of actors (run here with num_gpus=0 and the tiny model)."""
+    from zaya_data.rsa.config import TeacherSpec
+    from zaya_data.rsa.model_teacher import LocalModelTeacher, RayModelPool
+    from zaya_data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("embedded")
+    spec = TeacherSpec(kind="zaya1", sampling=Sampling(), checkpoint="tiny", device="cpu", dtype="float32",
+                       batch_size=2)
+    reqs = [GenerationRequest(f"What is {i}+{i}?", 100 + i) for i in range(5)]
+    sampling = Sampling(max_tokens=6, temperature=0.8)
+    local = LocalModelTeacher.from_spec(spec, tok).generate(reqs, sampling)
+    pool = RayModelPool(spec, num_actors=2, num_gpus=0)
+    try:
+        pooled = pool.generate(reqs, sampling)
+    finally:
+        pool.close()
+    assert [(g.text, g.completion_tokens) for g in pooled] == [(g.text, g.completion_tokens) for g in local]
+    assert all(g.completion_tokens == 6 for g in local) and len({g.text for g in local}) > 1

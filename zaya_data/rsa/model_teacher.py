@@ -23,17 +23,18 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def random_model(name: str, device: str, dtype: Any, seed: int = 0) -> Any:
-    """A shipped configuration with default-initialised random weights, built directly on
-    `device` (an 8B model initialised on the CPU would take minutes): throughput only."""
+    """A shipped configuration at random weights (the tiny model's deterministic
+    randomisation, which keeps activations finite), allocated directly on `device`:
+    throughput benchmarks only."""
     import torch
 
     from model.config import Zaya1Config
+    from model.tiny import randomize_
     from model.zaya1 import Zaya1ForCausalLM
 
-    torch.manual_seed(seed)
     with torch.device(device):
         model = Zaya1ForCausalLM(Zaya1Config.named(name))
-    return model.to_dtype(dtype).eval()
+    return randomize_(model, seed).to_dtype(dtype).eval()
 
 
 class LocalModelTeacher:
@@ -137,12 +138,14 @@ class RayModelPool:
     least-loaded actor as results come back and gathered in request order."""
 
     def __init__(self, spec: Any, num_actors: int, tokenizer_path: str = "embedded",
-                 ray_address: str | None = None):
+                 ray_address: str | None = None, num_gpus: float = 1):
         import ray
 
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
             ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-        actor_cls = ray.remote(num_gpus=1)(_ModelActor)
+        # num_gpus=0 only to exercise the pool on a CPU machine (the tiny model)
+        actor_cls = ray.remote(num_gpus=num_gpus)(_ModelActor)
         self.actors = [actor_cls.remote(spec, tokenizer_path) for _ in range(num_actors)]
         self.batch_size = spec.batch_size
         self.name = spec.label
@@ -179,3 +182,5 @@ class RayModelPool:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+        if self._owns_ray:
+            ray.shutdown()

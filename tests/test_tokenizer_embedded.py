@@ -146,3 +146,21 @@ def test_malformed_tokenizer_json_error_names_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(TokenizerLoadError, match=re.escape(str(bad))):
         load_tokenizer(str(bad))
+
+
+def test_byte_lengths_locate_every_token_in_the_utf8_text(tok):
+    text = (DATA / "limo-eval" / "aime.jsonl").read_text()[:30000] + " 東京 🚀 Größe"
+    enc = tok.text_tokenizer.encode(text, add_special_tokens=False)
+    lens = tok.byte_lengths[enc.ids]
+    data = text.encode()
+    assert int(lens.sum()) == len(data)
+    ends = lens.cumsum()
+    checked = 0
+    for j in list(range(0, len(enc.ids) - 1, 97)) + list(range(len(enc.ids) - 30, len(enc.ids) - 1)):
+        end = int(ends[j])
+        if data[end] & 0xC0 == 0x80:  # token j ends inside a multi-byte character
+            continue
+        assert tok.text_tokenizer.decode(enc.ids[: j + 1]).encode() == data[:end]
+        checked += 1
+    assert checked > 80
+    assert (tok.byte_lengths[:8] == [len(s.encode()) for s in tok.special]).all()

@@ -440,12 +440,22 @@ def test_show_marks_segment_boundaries_sources_and_masked_spans(build: Path, cap
         seg.loss_tokens for seg in view.segments]
 
 
-def test_show_rejects_bad_rows_and_prompt_phases(build: Path) -> None:
+def test_show_rejects_rows_out_of_range(build: Path, tmp_path: Path) -> None:
     rows = json.loads((build / "long" / "manifest.json").read_text())["totals"]["rows"]
     assert run_cli(["show", str(build / "long"), "--row", str(rows)]) == 2
     assert run_cli(["show", str(build / "long"), "--row", "-1"]) == 2
-    assert run_cli(["show", str(build / "rl"), "--row", "0"]) == 2
+    assert run_cli(["show", str(build / "rl"), "--row", "80"]) == 2
+    assert run_cli(["show", str(tmp_path), "--row", "0"]) == 2
     assert run_cli(["show", str(build / "long"), "--row", str(rows - 1), "--plain"]) == 0
+
+
+def test_show_prints_a_prompt_of_a_prompt_phase(build: Path, capsys) -> None:
+    rec = pq.read_table(build / "rl" / "prompts-00000.parquet").slice(7, 1).to_pylist()[0]
+    assert run_cli(["show", str(build / "rl"), "--row", "7", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"prompt 7 (prompts-00000.parquet row 7): source {rec['source']} | ")
+    assert f"| id {rec['id']} | epoch {rec['epoch']} |" in out
+    assert rec["prompt"] in out
 
 
 def test_parallel_recount_gives_the_same_audit(build: Path, audit: dict) -> None:

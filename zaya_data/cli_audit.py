@@ -122,17 +122,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from zaya_data.audit import AuditInputError, render_row, row_view
+    from zaya_data.audit.show import prompt_view, render_prompt
+    from zaya_data.manifest import ManifestError, read_manifest
 
     console = Console(no_color=args.plain, highlight=False)
     err = Console(stderr=True)
+    # Piped output has no colour, so dim/bold would vanish: mark masked spans with « » there.
+    plain = args.plain or not sys.stdout.isatty()
     try:
-        view = row_view(Path(args.dir), args.row)
+        try:
+            kind = read_manifest(Path(args.dir)).get("kind", "packed")
+        except ManifestError as e:
+            raise AuditInputError(str(e)) from e
+        if kind == "prompts":
+            text = render_prompt(prompt_view(Path(args.dir), args.row), args.row, color=not plain)
+        else:
+            text = render_row(row_view(Path(args.dir), args.row), color=not plain)
     except AuditInputError as e:
         err.print(f"[red]error:[/] {e}")
         return EXIT_USAGE
-    # Piped output has no colour, so dim/bold would vanish: mark masked spans with « » there.
-    plain = args.plain or not sys.stdout.isatty()
-    text = render_row(view, color=not plain)
     if plain:
         sys.stdout.write(text.plain)
     else:
@@ -167,9 +175,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Decode packed row N of a phase with the tokenizer named in its manifest. Each segment is "
                     "introduced by a line naming its source, category and id; trained-on tokens are bold and "
                     "loss-masked tokens dim (with --plain, masked spans are wrapped in \u00ab \u00bb). "
+                    "For an RL prompt phase, prints prompt N with its source, id and epoch. "
                     "Exit 2 on a bad folder or a row out of range.")
     s.add_argument("dir", metavar="DIR", help="a phase folder (OUT/<phase>)")
-    s.add_argument("--row", type=int, required=True, metavar="N", help="0-based row across the phase's shards")
+    s.add_argument("--row", type=int, required=True, metavar="N",
+                   help="0-based row across the phase's shards (or prompt, in a prompt phase)")
     s.add_argument("--plain", action="store_true",
                    help="no colour: mark masked spans with \u00ab \u00bb (the default when output is not a terminal)")
     s.set_defaults(func=cmd_show)

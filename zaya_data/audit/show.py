@@ -100,8 +100,8 @@ def row_view(phase_dir: str | Path, row: int, tokenizer: Any = None) -> RowView:
     except ManifestError as e:
         raise AuditInputError(str(e)) from e
     if manifest.get("kind", "packed") != "packed":
-        raise AuditInputError(f"{phase_dir}: a {manifest.get('kind')!r} phase has no packed rows; "
-                              "read its prompts file with pyarrow or `datasets`")
+        raise AuditInputError(f"{phase_dir}: a {manifest.get('kind')!r} phase has no packed rows "
+                              "(prompt phases: see prompt_view)")
     shard, local = locate_row(phase_dir, manifest, row)
     rec = _read_one(phase_dir / shard, local)
     note = ""
@@ -134,6 +134,26 @@ def row_view(phase_dir: str | Path, row: int, tokenizer: Any = None) -> RowView:
         view.segments.append(seg)
         start += int(length)
     return view
+
+
+def prompt_view(phase_dir: str | Path, row: int) -> dict[str, Any]:
+    """Row `row` of an RL prompt phase's prompt file, as a dict of its columns."""
+    phase_dir = Path(phase_dir)
+    try:
+        manifest = read_manifest(phase_dir)
+    except ManifestError as e:
+        raise AuditInputError(str(e)) from e
+    shard, local = locate_row(phase_dir, manifest, row)
+    return {"shard": shard, "row_in_shard": local, **_read_one(phase_dir / shard, local)}
+
+
+def render_prompt(rec: dict[str, Any], row: int, color: bool = True) -> Text:
+    out = Text()
+    out.append(f"prompt {row} ({rec['shard']} row {rec['row_in_shard']}): source {rec.get('source')} | category "
+               f"{rec.get('category')} | id {rec.get('id')} | epoch {rec.get('epoch')} | reference answer "
+               f"{rec.get('reference_answer')!r}\n", style="bold cyan" if color else "")
+    out.append(str(rec.get("prompt", "")) + "\n")
+    return out
 
 
 def render_row(view: RowView, color: bool = True) -> Text:

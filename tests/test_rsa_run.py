@@ -260,3 +260,37 @@ def test_ray_actor_pool_returns_the_in_process_outputs_in_order():
         pool.close()
     assert [(g.text, g.completion_tokens) for g in pooled] == [(g.text, g.completion_tokens) for g in local]
     assert all(g.completion_tokens == 6 for g in local) and len({g.text for g in local}) > 1
+
+
+def test_output_does_not_depend_on_concurrency(tmp_path):
+    with StubOpenAIServer() as stub:
+        for n in (1, 8):
+            teacher = f"{{kind: openai, base_url: '{stub.base_url}', model: stub, concurrency: {n}}}"
+            cfg = load_rsa_config(write_config(tmp_path, stub.base_url, limit=6, teacher=teacher))
+            run_rsa(cfg, tmp_path / f"c{n}")
+    a, b = tree(tmp_path / "c1"), tree(tmp_path / "c8")
+    assert a.pop("_state/run.json") != b.pop("_state/run.json")  # holds the config text as written
+    assert a == b and len(a) == 14
+
+
+def test_self_aggregation_from_a_problem_set_with_worked_solutions(tmp_path):
+    minerva = DATA.parent / "minerva_math.jsonl"
+    (tmp_path / "m.yaml").write_text(f"""input:
+  path: {minerva}
+  format: jsonl
+  kind: reasoning
+  fields: {{prompt: problem, trace: solution}}
+  split: final_paragraph
+  limit: 3
+population: {{c: 4}}
+subsets: {{k: 2, m: 2}}
+teacher: {{kind: openai, base_url: BASE, model: stub}}
+""")
+    with StubOpenAIServer() as stub:
+        (tmp_path / "m.yaml").write_text((tmp_path / "m.yaml").read_text().replace("BASE", stub.base_url))
+        res = run_rsa(load_rsa_config(tmp_path / "m.yaml"), tmp_path / "out")
+        assert len(stub.requests) == 3 * 4 + 3 * 2
+    sft = pq.read_table(tmp_path / "out" / "sft").to_pylist()
+    # the reference is the boxed answer of the problem's worked solution
+    assert [r["reference_answer"] for r in sft[::2]] == ["1.6", "4.5e33", "41.8"]
+    assert res.ledger.total() == 0 and len(sft) == 6

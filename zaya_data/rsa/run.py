@@ -153,7 +153,10 @@ def load_problems(cfg: RSAConfig, ledger: Ledger) -> list[Problem]:
 
     problems: list[Problem] = []
     for unit in list_units(cfg.source):
-        for batch in read_unit(cfg.source, unit, ledger, batch_size=256):
+        # With a limit, small batches keep the reader from reading (and counting rejections
+        # among) many records past the last problem used.
+        size = 256 if cfg.limit is None else max(1, min(256, cfg.limit))
+        for batch in read_unit(cfg.source, unit, ledger, batch_size=size):
             for row in batch.to_pylist():
                 if cfg.source.kind == "rollout_group":
                     pid, text = row["problem_id"], row["problem"]
@@ -167,9 +170,12 @@ def load_problems(cfg: RSAConfig, ledger: Ledger) -> list[Problem]:
                         cands.append(Candidate(r["id"], r["text"], _candidate_answer(r["text"], r.get("answer"))))
                     if cfg.c is not None:
                         cands = cands[: cfg.c]
+                    ref = row["reference_answer"]
                 else:  # reasoning: a problem set; the population is generated
                     pid, text, cands = row["id"], row["prompt"], []
-                problems.append(Problem(pid, text, row["reference_answer"], cands,
+                    # the sample's own answer is the reference when none is mapped
+                    ref = row["reference_answer"] or extract_boxed(row["answer"]) or row["answer"]
+                problems.append(Problem(pid, text, ref, cands,
                                         int(row["file_index"]), int(row["row_index"])))
                 if cfg.limit is not None and len(problems) >= cfg.limit:
                     return problems

@@ -109,3 +109,20 @@ def test_prefill_then_cached_decode_matches_reference_cached_decode() -> None:
             ref_cache = out.cache
             assert rel_err(got, out.logits) < 1e-5, f"decode step {step}"
     assert cache.length == ids.shape[1] + steps
+
+
+def test_bf16_forward_is_bit_identical_to_the_reference_sdpa_path() -> None:
+    # The reference casts its balancing biases to bf16 with the model; ours stay fp32. With
+    # bf16-representable biases both route identically, and every op runs in the same order.
+    ours = randomize_(Zaya1ForCausalLM(CONFIG), seed=7, skip_bias=0.15).eval().to_dtype(torch.bfloat16)
+    for layer in ours.model.layers:
+        biases = layer.mlp.gate.balancing_biases
+        biases.copy_(biases.bfloat16().float())
+    reference = reference_model(ours, attn_implementation="sdpa")
+    ids, mask, positions = left_padded_batch(seed=6)
+    with torch.no_grad():
+        got = ours(ids, attention_mask=mask, position_ids=positions)
+        want = reference(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    assert got.dtype == want.dtype == torch.bfloat16
+    valid = mask.bool()
+    assert torch.equal(got[valid], want[valid])

@@ -85,20 +85,23 @@ def test_8b_bf16_prefill_4k_then_128_decode_steps_and_memory() -> None:
         logits = model(ids, cache=cache, num_logits_to_keep=1)[:, -1]
         torch.cuda.synchronize()
         t_prefill = time.perf_counter() - t0
-        tokens = []
+        tokens, step_logits = [], [logits]
         t0 = time.perf_counter()
-        for _ in range(new_tokens):
+        for step in range(new_tokens):
             nxt = logits.float().argmax(-1, keepdim=True)
             tokens.append(nxt)
-            logits = model(nxt, cache=cache)[:, -1]
+            if step + 1 < new_tokens:
+                logits = model(nxt, cache=cache)[:, -1]
+                step_logits.append(logits)
         torch.cuda.synchronize()
         t_decode = time.perf_counter() - t0
         generated = torch.cat(tokens, dim=1)
-        assert torch.isfinite(logits.float()).all()
+        cached = torch.stack(step_logits, dim=1).float()
+        assert torch.isfinite(cached).all()
         # The cached path against one full bf16 forward over prompt + generated tokens (but the last).
-        full = model(torch.cat([ids, generated[:, :-1]], dim=1), num_logits_to_keep=new_tokens)
-        full_argmax = full.float().argmax(-1)
-    agree = (full_argmax == generated).float().mean().item()
+        full = model(torch.cat([ids, generated[:, :-1]], dim=1), num_logits_to_keep=new_tokens).float()
+    agree = (full.argmax(-1) == generated).float().mean().item()
+    err = rel_err(cached, full)
     record(
         prefill_tokens=prompt_len,
         prefill_s=t_prefill,
@@ -109,8 +112,11 @@ def test_8b_bf16_prefill_4k_then_128_decode_steps_and_memory() -> None:
         kv_cache_mib=cache.nbytes() / 2**20,
         peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30,
         greedy_cached_vs_full_argmax_agreement=agree,
+        cached_vs_full_logits_rel_err=err,
         distinct_generated_tokens=len(set(generated[0].tolist())),
     )
-    assert cache.length == prompt_len + new_tokens
-    # bf16: one long pass and 128 short ones round differently; near-ties may flip a few argmaxes.
-    assert agree > 0.9
+    assert cache.length == prompt_len + new_tokens - 1
+    # bf16: one long pass and many short ones round differently (and may flip a near-tied
+    # routing choice); a wrong cache state gives errors of order 1.
+    assert err < 5e-2
+    assert agree > 0.5

@@ -270,7 +270,7 @@ def test_output_does_not_depend_on_concurrency(tmp_path):
             run_rsa(cfg, tmp_path / f"c{n}")
     a, b = tree(tmp_path / "c1"), tree(tmp_path / "c8")
     assert a.pop("_state/run.json") != b.pop("_state/run.json")  # holds the config text as written
-    assert a == b and len(a) == 14
+    assert a == b and len(a) == 18
 
 
 def test_self_aggregation_from_a_problem_set_with_worked_solutions(tmp_path):

@@ -174,7 +174,8 @@ def load_problems(cfg: RSAConfig, ledger: Ledger) -> list[Problem]:
                 else:  # reasoning: a problem set; the population is generated
                     pid, text, cands = row["id"], row["prompt"], []
                     # the sample's own answer is the reference when none is mapped
-                    ref = row["reference_answer"] or extract_boxed(row["answer"]) or row["answer"]
+                    ref = (row["reference_answer"] or extract_boxed(f"{row['reasoning']}\n{row['answer']}")
+                           or row["answer"])
                 problems.append(Problem(pid, text, ref, cands,
                                         int(row["file_index"]), int(row["row_index"])))
                 if cfg.limit is not None and len(problems) >= cfg.limit:

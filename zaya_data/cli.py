@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("phase_dir")
     em.add_argument("out_prefix", help="output path prefix (writes PREFIX.bin and PREFIX.idx)")
     em.set_defaults(func=cmd_export)
+    __import__("zaya_data.cli_explain").cli_explain.register(sub)
     return p
 
 

@@ -50,6 +50,10 @@ class Ledger:
     strict: bool = False
     counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     examples: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    # Every rejection, when the caller asks for it (`Ledger(log=[])`): the build's workers
+    # turn it into the per-record fate index that `zaya-data explain` reads. Never part of
+    # `to_dict`, so ledger.json and job records stay bounded by MAX_EXAMPLES.
+    log: list[Rejection] | None = None
 
     def reject(
         self,
@@ -68,6 +72,8 @@ class Ledger:
             raise StrictModeError(rej.describe())
         key = (stage, reason, source)
         self.counts[key] = self.counts.get(key, 0) + count
+        if self.log is not None and count == 1:  # bulk counts (mix/not_selected) name no record
+            self.log.append(rej)
         ex = self.examples.setdefault(key, [])
         if len(ex) < MAX_EXAMPLES:
             ex.append({k: v for k, v in rej.__dict__.items() if v is not None})
@@ -78,6 +84,8 @@ class Ledger:
         for key, ex in other.examples.items():
             mine = self.examples.setdefault(key, [])
             mine.extend(ex[: max(0, MAX_EXAMPLES - len(mine))])
+        if self.log is not None and other.log is not None:
+            self.log.extend(other.log)
         return self
 
     def total(self, source: str | None = None, stage: str | None = None) -> int:

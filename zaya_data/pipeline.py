@@ -28,7 +28,7 @@ from zaya_data.ledger import Ledger
 from zaya_data.mixing import ShortfallError, phase_sources, realized_shares, select_source, source_targets
 from zaya_data.plan import concat_uses, expand_uses, load_source_items, pack_uses, shard_jobs
 from zaya_data.specs import MixtureSpec, PhaseSpec
-from zaya_data.tasks import PromptWorker, ShardWorker, TokenizeWorker, source_to_dict, unit_to_dict
+from zaya_data.tasks import PromptWorker, ShardWorker, source_to_dict, unit_to_dict
 
 PACK_WINDOW = 1 << 20  # uses per best-fit window: ~99.9% efficient, bounded planning memory
 
@@ -142,8 +142,14 @@ def build_phase(
 ) -> PhaseResult:
     from zaya_data.tokenizer import load_tokenizer
 
+    from zaya_data.clean.build import clean_config, phase_clean_specs
+
     tok = load_tokenizer(mix.tokenizer.path)
     cfg = phase_config(mix, phase, seed, tok.sha256)
+    specs = phase_clean_specs(mix, phase, phase_sources(phase, mix.sources)) if phase.kind == "packed" else {}
+    if any(not s.is_noop for s in specs.values()):
+        # only when cleaning is on, so the hashes (and work folders) of other builds stay
+        cfg["clean"] = clean_config(specs)
     chash = config_hash(cfg)
     phase_dir = out_root / phase.name
     work_root = out_root / "_work"
@@ -158,10 +164,7 @@ def build_phase(
         return _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, executor, seed, strict, command)
 
     jobs = group_jobs(mix, units, work)
-    init = dict(tokenizer=mix.tokenizer.path, template=asdict(phase.template), context=phase.context,
-                loss=phase.loss, trim_window=phase.trim_window, strict=strict)
-    records = list(executor.map_jobs(TokenizeWorker, init, jobs, f"{phase.name}: tokenize"))
-    records.sort(key=lambda r: (names.index(r["source"]), r["file_index"]))
+    records, drop_counts = _tokenize_jobs(mix, phase, names, specs, jobs, work, executor, strict)
     parts = [r["part"] for r in records]
 
     ledger = Ledger()
@@ -198,6 +201,11 @@ def build_phase(
                                     sjobs, f"{phase.name}: shards"))
     shards.sort(key=lambda s: s["file"])
     ledger.write(phase_dir / "ledger.json")
+    from zaya_data.explain import packed_fates, write_fate_index
+
+    fate_info = write_fate_index(phase_dir, packed_fates(names, items, sels, uses, rows, phase.shard_rows, records),
+                                 [f for r in records for f in r.get("fates", [])], names)
+    cleaning = _clean_outputs(phase_dir, records, specs, drop_counts)
 
     sources_out: dict[str, Any] = {}
     taken = {}
@@ -255,13 +263,74 @@ def build_phase(
             "packing_efficiency": tokens / (n_rows * phase.context) if n_rows else 0.0,
             "rejected_records": ledger.total() - sum(ledger.counts.get(("mix", "not_selected", n), 0) for n in names),
         },
-        "shards": shards, "ledger": "ledger.json",
+        "shards": shards, "ledger": "ledger.json", "records": fate_info,
     }
+    if cleaning:
+        manifest["cleaning"] = cleaning
     from zaya_data.manifest import write_manifest
 
     write_manifest(phase_dir, manifest)
     (phase_dir / ".zaya-build").unlink(missing_ok=True)
     return PhaseResult(phase.name, "built", manifest)
+
+
+def _tokenize_jobs(mix: MixtureSpec, phase: PhaseSpec, names: list[str], specs: dict[str, Any],
+                   jobs: list[dict[str, Any]], work: Path, executor: Executor,
+                   strict: bool) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Run the read (+ clean) + tokenize jobs; with build-wide dedup, in two passes around
+    the driver's duplicate resolution (see `zaya_data.clean.build`). Job records come back
+    in canonical (source, unit) order."""
+    from zaya_data.clean.build import CleanTokenizeWorker, needs_resolve, resolve_build_drops
+    from zaya_data.executor import RayExecutor
+
+    init: dict[str, Any] = dict(
+        tokenizer=mix.tokenizer.path, template=asdict(phase.template), context=phase.context, loss=phase.loss,
+        trim_window=phase.trim_window, strict=strict, clean=specs,
+        priorities={n: i for i, n in enumerate(mix.sources)},  # dedup survivors: earlier sources win
+    )
+
+    def ordered(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(recs, key=lambda r: (names.index(r["source"]), r["file_index"]))
+
+    if not needs_resolve(specs):
+        recs = executor.map_jobs(CleanTokenizeWorker, {**init, "mode": "single"}, jobs, f"{phase.name}: tokenize")
+        return ordered(list(recs)), {}
+    map_jobs = [{**j, "out": str(work / "clean" / Path(j["out"]).parent.name / Path(j["out"]).name)} for j in jobs]
+    mapped = ordered(list(executor.map_jobs(CleanTokenizeWorker, {**init, "mode": "map"}, map_jobs,
+                                            f"{phase.name}: clean")))
+    drops = work / "clean" / "drops.parquet"
+    counts = resolve_build_drops(mapped, specs, drops, isinstance(executor, RayExecutor))
+    tok_jobs = [{**j, "cleaned": m["out"]} for j, m in zip(jobs, map_jobs)]
+    recs = executor.map_jobs(CleanTokenizeWorker, {**init, "mode": "tokenize", "drops": str(drops)}, tok_jobs,
+                             f"{phase.name}: tokenize")
+    return ordered(list(recs)), counts
+
+
+def _clean_outputs(phase_dir: Path, records: list[dict[str, Any]], specs: dict[str, Any],
+                   drop_counts: dict[str, int]) -> dict[str, Any]:
+    """The manifest's `cleaning` entry (per source: the spec's stages, flagged samples) and
+    `decontamination.json` (every benchmark item -> record match) when cleaning ran."""
+    from zaya_data.clean.build import merged_decontam_report
+    from zaya_data.io import atomic_write_text
+
+    if not any(not s.is_noop for s in specs.values()):
+        return {}
+    out: dict[str, Any] = {"dedup_drops": drop_counts, "sources": {}}
+    for n, s in specs.items():
+        if s.is_noop:
+            continue
+        stages = [st for st, on in (("quality", bool(s.quality)), ("language", s.language is not None),
+                                    ("validate", s.validate is not None),
+                                    ("decontaminate", s.decontaminate is not None),
+                                    ("exact_dedup", s.exact_dedup), ("near_dedup", s.near_dedup is not None),
+                                    ("problem_dedup", s.problem_dedup is not None)) if on]
+        flagged = sum(r.get("clean_stats", {}).get("validate_flagged", 0) for r in records if r["source"] == n)
+        out["sources"][n] = {"stages": stages, "validate_flagged": flagged}
+    if any(s.decontaminate is not None for s in specs.values()):
+        atomic_write_text(phase_dir / "decontamination.json",
+                          json.dumps(merged_decontam_report(records, specs), indent=1, sort_keys=True) + "\n")
+        out["decontamination"] = "decontamination.json"
+    return out
 
 
 def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, executor, seed, strict, command):
@@ -287,11 +356,13 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     chosen = []
     sources_out = {}
     short = {}
+    all_sels = {}
     for n in names:
         t = tables[n]
         h = record_hashes(t["id"].to_pylist(), t["file_index"].to_numpy(), t["row_index"].to_numpy())
         max_rep = phase.max_repetition_per_source.get(n, phase.max_repetition)
         sel = select_source(n, np.ones(t.num_rows, np.int64), h, targets[n], max_rep, seed, f"{phase.name}/{n}")
+        all_sels[n] = sel
         if sel.shortfall:
             short[n] = sel
         picked = t.take(pa.array(sel.records, pa.int64())).append_column("epoch", pa.array(sel.epochs, pa.int32()))
@@ -321,6 +392,13 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
     atomic_replace(tmp, out)
     ledger.write(phase_dir / "ledger.json")
+    from zaya_data.explain import prompt_fates, write_fate_index
+
+    unit_paths: dict[str, dict[int, str]] = {}
+    for j in jobs:
+        for u in j["units"]:
+            unit_paths.setdefault(u["source"], {})[u["file_index"]] = u["path"]
+    fate_info = write_fate_index(phase_dir, prompt_fates(names, tables, all_sels, key, unit_paths), [], names)
     counts: dict[str, int] = {}
     for n in names:
         key_ = n if phase.weights_by == "source" else mix.sources[n].category
@@ -340,7 +418,7 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
                    "rejected_records": sum(s["rejected_records"] for s in sources_out.values())},
         "shards": [{"file": out.name, "rows": table.num_rows, "sha256": sha256_file(out),
                     "bytes": out.stat().st_size}],
-        "ledger": "ledger.json",
+        "ledger": "ledger.json", "records": fate_info,
     }
     write_manifest(phase_dir, manifest)
     (phase_dir / ".zaya-build").unlink(missing_ok=True)

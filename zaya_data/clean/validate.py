@@ -123,6 +123,10 @@ class Validator:
     def __init__(self, spec: ValidateSpec) -> None:
         self.spec = spec
         self.stats: dict[str, int] = {}
+        # (id, source, file_index, row_index, reason, detail) of every sample kept under
+        # `math_verify: flag` although its answer does not match: the build records them
+        # so `explain` can say so.
+        self.flagged: list[tuple[str, str, int, int, str, str]] = []
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -158,13 +162,20 @@ class Validator:
         refs = (table.column("reference_answer").to_pylist() if "reference_answer" in table.column_names
                 else [None] * table.num_rows)
         where = locations(table)
+        files = table.column("file_index").to_pylist()
+        rows = table.column("row_index").to_pylist()
         mask = []
         for i, (r, a) in enumerate(zip(table.column("reasoning").to_pylist(), table.column("answer").to_pylist())):
             self._count("checked")
+            flags = self.stats.get("answer_mismatch_flagged", 0)
             reason = self.check(r or "", a or "", refs[i])
             if reason:
                 ledger.reject(STAGE, reason, sources[i], location=where[i], record_id=ids[i])
             else:
                 self._count("kept")
+                if self.stats.get("answer_mismatch_flagged", 0) > flags:
+                    final = extract_answer(a or "", self.spec.answer_pattern)
+                    self.flagged.append((ids[i], sources[i], files[i], rows[i], "answer_mismatch",
+                                         f"answer {final!r}, reference {refs[i]!r}"))
             mask.append(reason is None)
         return table.filter(pa.array(mask, pa.bool_()))

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One device call that runs several GPU/CPU-scaling steps, each under its own time limit,
+# and prints one table last. Prepare the carried paths first with scripts/device_wheels.sh.
+#
+#   STEPS="model kernels rsa" bash scripts/device_session.sh        # carry: .whl .benchdata
+#
+# Steps:
+#   model     tests/test_model_gpu.py (8B bf16 4K prefill + 128 decode, memory; tiny CUDA vs CPU)
+#   kernels   scripts/gpu_kernels.sh --quick (kernel tests vs float64, then timings)
+#   engine    scripts/gpu_engine.sh (engine tests and decode benchmark)
+#   rsa       benchmarks/bench_rsa.py (aggregation examples per GPU-hour, 8B random weights)
+#   scaling   benchmarks/bench_tokenize.py at 1..16 Ray workers (build throughput)
+#   clean     benchmarks/bench_clean.py near-dedup scaling at 1..16 workers
+# Every step's log, and what it wrote, come back in $OUT/results.tar.gz (the tool returns
+# at most 8 files); $OUT/summary.txt holds the table.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/device-out}
+mkdir -p "$OUT/r"
+R="$OUT/r"
+t0=$(date +%s)
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >"$R/pip.log" 2>&1 || echo "wheel install failed (see pip.log)"
+fi
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
+if [ -f .benchdata/data.tar.xz ]; then
+  mkdir -p ../shared && [ -d ../shared/data ] || tar -C ../shared -xJf .benchdata/data.tar.xz
+fi
+export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
+{
+  date -u +"%Y-%m-%d %H:%M UTC"; git log -1 --format="commit %h %s" 2>/dev/null
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  echo "cpus $(nproc)"; lscpu | grep "Model name"
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  python3 -c "import ray, pyarrow, tokenizers; print('ray', ray.__version__, 'pyarrow', pyarrow.__version__, 'tokenizers', tokenizers.__version__)" 2>&1 | tail -1
+  python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
+} | tee "$R/machine.txt"
+
+declare -A LIMIT=([model]=150 [kernels]=200 [engine]=300 [rsa]=180 [scaling]=330 [clean]=200)
+run_step() {  # name, command...
+  local name=$1; shift
+  local s=$(date +%s)
+  timeout "${LIMIT[$name]}" "$@" >"$R/$name.log" 2>&1
+  local rc=$?
+  printf "%-8s rc=%-3s %4ss  %s\n" "$name" "$rc" "$(( $(date +%s) - s ))" "$(tail -1 "$R/$name.log" | cut -c1-90)" >>"$R/steps.txt"
+}
+for step in ${STEPS:-model kernels rsa}; do
+  case $step in
+    model)   run_step model env ZAYA_GPU_RESULTS="$R/model-gpu.json" python3 -m pytest -q -s -p no:cacheprovider --noconftest tests/test_model_gpu.py ;;
+    kernels) run_step kernels env OUT="$R/kernels" bash scripts/gpu_kernels.sh --quick ;;
+    engine)  run_step engine env OUT="$R/engine" bash scripts/gpu_engine.sh ;;
+    rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" ;;
+    scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-160}" --workers 16 --scaling 1,2,4,8,16 ;;
+    clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 ;;
+    *) echo "unknown step $step" >>"$R/steps.txt" ;;
+  esac
+  # keep what came back so far, in case a later step outlives the call
+  tar -C "$OUT" -czf "$OUT/results.tar.gz" r
+done
+{ echo "== steps ($(( $(date +%s) - t0 ))s in all)"; cat "$R/steps.txt"; } | tee "$OUT/summary.txt"

@@ -18,6 +18,7 @@ import torch
 
 from model import SamplingParams, generate
 from model.engine import Engine, EngineConfig, SamplingBatch, sample
+from model.engine.graphs import DecodeGraphs, decode_inputs
 from model.engine.pages import PagePool
 from model.tiny import build_tiny
 
@@ -280,3 +281,39 @@ def test_triton_kernels_in_the_engine_match_generate_under_the_interpreter() -> 
                           timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "True"
+
+
+def test_abort_frees_a_running_request_and_requeues_its_waiting_siblings(model, reference) -> None:
+    engine = Engine(model, EngineConfig(max_batch_size=4, max_num_tokens=4, page_size=4, max_model_len=128))
+    leader, sibling = (engine.add_request(PROMPTS[2], GREEDY) for _ in range(2))
+    other = engine.add_request(PROMPTS[0], GREEDY)
+    engine.step()  # the 11-token prompt is still being prefilled (4 of 11), its sibling waits to fork
+    assert engine.abort(leader) and not engine.abort(leader)
+    done = {}
+    while engine.has_work:
+        done.update(engine.step())
+    assert sorted(done) == [sibling, other]
+    assert done[sibling].token_ids == reference[2].token_ids
+    assert done[other].token_ids == reference[0].token_ids
+    assert engine.cache.pages.num_free == engine.cache.pages.capacity
+
+
+class EagerBuckets(DecodeGraphs):
+    """DecodeGraphs' bucketing and scratch-row padding, with eager calls in place of replays (CPU)."""
+
+    def capture(self) -> None:
+        pass
+
+    def run(self, host: torch.Tensor) -> torch.Tensor:
+        bucket = self.bucket_for(host.shape[1])
+        padded = self.pad(host, bucket)
+        return self.runner.decode(decode_inputs(padded), self.splits_for(bucket))[: host.shape[1]]
+
+
+def test_padding_rows_of_a_graph_bucket_leave_the_real_rows_unchanged(model, reference) -> None:
+    # What a CUDA-graph replay computes: 1..3 live rows padded to buckets of 2 and 4 rows that
+    # read and write the scratch slot and page. The real rows must not notice.
+    engine = Engine(model, EngineConfig(max_batch_size=4, max_num_tokens=16, page_size=4, max_model_len=128))
+    engine.graphs = EagerBuckets(engine.runner, (2, 4), lambda b: engine._splits(b, 128), scratch_row=[0, 0, 0, 1])
+    done = run_with_arrivals(engine, {0: [0], 5: [1], 9: [2]}, GREEDY)
+    assert [done[i] for i in range(3)] == [c.token_ids for c in reference[:3]]

@@ -139,6 +139,14 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work or bool(self._done)
 
+    def abort(self, request_id: int) -> bool:
+        """Drop a queued or running request (its pages and slot return to the pool); False if unknown."""
+        seq = self._seqs.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.abort(seq)
+        return True
+
     def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams] = SamplingParams(),
                  *, n: int = 1, decode: Callable[[list[int]], str] | None = None) -> list[Completion]:
         """Complete every prompt `n` times; returns len(prompts) * n completions, prompt-major.

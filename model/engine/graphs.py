@@ -66,13 +66,17 @@ class DecodeGraphs:
             self.graphs[bucket] = (graph, buf, logits)
         torch.cuda.synchronize()
 
+    def pad(self, host: torch.Tensor, bucket: int) -> torch.Tensor:
+        """[4, n] host inputs padded to [4, bucket] with scratch rows (still on the host)."""
+        padded = torch.tensor(self.scratch_row, dtype=torch.int64)[:, None].repeat(1, bucket)
+        padded[:, : host.shape[1]] = host
+        return padded
+
     def run(self, host: torch.Tensor) -> torch.Tensor:
         """Replay for the [4, n] host inputs; logits [n, V] (valid until the next replay)."""
         n = host.shape[1]
         bucket = self.bucket_for(n)
         graph, buf, logits = self.graphs[bucket]
-        padded = torch.tensor(self.scratch_row, dtype=torch.int64)[:, None].repeat(1, bucket)
-        padded[:, :n] = host
-        buf.copy_(padded, non_blocking=True)
+        buf.copy_(self.pad(host, bucket), non_blocking=True)
         graph.replay()
         return logits[:n]

@@ -68,6 +68,19 @@ class Scheduler:
         seq.status = Status.FINISHED
         self.active.remove(seq)
 
+    def abort(self, seq: Sequence) -> None:
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        else:
+            for f in seq.followers:  # siblings still waiting for this leader's prefill go back to the queue
+                self.cache.pages.release(f.pages)
+                f.pages = []
+                self._requeue(f)
+            seq.followers = []
+            self._release(seq)
+            self.active.remove(seq)
+        seq.status = Status.FINISHED
+
     def _release(self, seq: Sequence) -> None:
         self.cache.pages.release(seq.pages)
         seq.pages = []
@@ -78,12 +91,15 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self._release(seq)
         seq.num_computed = 0
+        self._requeue(seq)
+        self.num_preemptions += 1
+
+    def _requeue(self, seq: Sequence) -> None:
+        """Back to the queue in arrival order, ahead of anything that arrived later."""
         seq.status = Status.WAITING
         self.active.remove(seq)
-        # Back to the queue in arrival order, ahead of anything that arrived later.
         index = next((i for i, s in enumerate(self.waiting) if s.arrival > seq.arrival), len(self.waiting))
         self.waiting.insert(index, seq)
-        self.num_preemptions += 1
 
     # ---- one step -------------------------------------------------------------------------------
     def schedule(self) -> StepPlan:

@@ -4,13 +4,10 @@ We reuse datatrove 0.10.1's GopherQualityFilter, GopherRepetitionFilter, C4Quali
 and FineWebQualityFilter unchanged: each record becomes a datatrove `Document`, each
 filter's `filter()` answers keep / (drop, reason), and a drop becomes a ledger entry
 `quality / <filter>:<reason>` naming the record. Filters run in a fixed order and the
-first one that drops a record names it, as in datatrove's pipeline.
-
-One thing differs, and only in speed: datatrove's English word splitter runs the whole
-blank spaCy pipeline (tokenizer + sentencizer) to get words. `WordsOnlyTokenizer` runs
-just spaCy's tokenizer for words, which yields the same tokens (the sentencizer only
-marks sentence starts), and delegates sentence splitting to datatrove's own tokenizer.
+first one that drops a record names it, as in datatrove's pipeline, and
 `tests/test_clean_quality.py` checks the decisions are identical to datatrove's.
+English word splitting is datatrove's blank spaCy pipeline (no model download; `spacy`
+must be installed).
 """
 
 from __future__ import annotations
@@ -43,8 +40,8 @@ def _filter_classes() -> dict[str, type]:
     }
 
 
-# Constructor arguments that make no sense in a config file (we own the writer and the
-# word splitter).
+# Constructor arguments that make no sense in a config file (we own the writer; the
+# language is English until a tokenizer for another language is installed).
 _NOT_CONFIGURABLE = {"self", "exclusion_writer", "language"}
 
 
@@ -54,27 +51,6 @@ def filter_parameters(name: str) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - _NOT_CONFIGURABLE
 
 
-class WordsOnlyTokenizer:
-    """datatrove `WordTokenizer` for English that skips the sentencizer for words."""
-
-    def __new__(cls) -> Any:
-        # Built lazily as a real WordTokenizer subclass so importing this module does not
-        # import spaCy.
-        from datatrove.utils.word_tokenizers import SpaCyTokenizer, strip_strings
-
-        class _Words(SpaCyTokenizer):
-            def word_tokenize(self, text: str) -> list[str]:
-                nlp = self.tokenizer
-                with nlp.memory_zone():
-                    nlp.max_length = len(text) + 10
-                    return strip_strings([t.text for t in nlp.tokenizer(text)])
-
-            def __reduce__(self) -> tuple:  # picklable for Ray workers
-                return (WordsOnlyTokenizer, ())
-
-        return _Words("en")
-
-
 def _thaw(v: Any) -> Any:
     return tuple(_thaw(x) for x in v) if isinstance(v, tuple) else v
 
@@ -82,11 +58,10 @@ def _thaw(v: Any) -> Any:
 def build_filters(spec: CleanSpec) -> list[tuple[str, Any]]:
     """(name, datatrove filter instance) for each filter the spec enables, in order."""
     classes = _filter_classes()
-    words = WordsOnlyTokenizer()
     out = []
     for name, args in spec.quality_filters.items():
         kwargs = {k: _thaw(v) for k, v in args.items()}
-        out.append((name, classes[name](language=words, **kwargs)))
+        out.append((name, classes[name](**kwargs)))
     return out
 
 

@@ -265,7 +265,7 @@ from model.engine import Engine, EngineConfig
 torch.set_num_threads(1)
 m = build_tiny()
 prompts = [[2, 10, 11, 12, 13], [2, 7, 8, 9, 20, 30, 40, 50, 60, 70, 80]]
-p = SamplingParams(max_new_tokens=5, stop_token_ids=())
+p = SamplingParams(max_new_tokens=3, stop_token_ids=())
 engine = Engine(m, EngineConfig(max_batch_size=2, max_num_tokens=8, page_size=4, max_model_len=64, backend="triton"))
 assert engine.ops.name == "triton"
 out = engine.generate(prompts, p)

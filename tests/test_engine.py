@@ -183,8 +183,8 @@ def test_stop_tokens_and_stop_strings_give_generates_completions(model, referenc
     full = decode(reference[2].token_ids)
     stop_str = full[21:25]
     cases = [
-        SamplingParams(max_new_tokens=70, stop_token_ids=(stop_tok,)),
-        SamplingParams(max_new_tokens=70, stop_strings=("zzzz", stop_str), **NO_STOP),
+        SamplingParams(max_new_tokens=24, stop_token_ids=(stop_tok,)),
+        SamplingParams(max_new_tokens=24, stop_strings=("zzzz", stop_str), **NO_STOP),
         SamplingParams(max_new_tokens=9, stop_token_ids=(stop_tok,)),
     ]
     for params in cases:

@@ -136,3 +136,22 @@ def test_missing_language_model_is_an_error_not_a_download(tmp_path: Path) -> No
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="is not a py3langid model"):
         LanguageFilter(LanguageSpec(model=str(bad)), origin="mix.yaml:9")
+
+
+def test_reusing_tokenizer_splits_exactly_like_datatrove_across_pipeline_rebuilds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datatrove.utils.word_tokenizers import SpaCyTokenizer
+
+    import zaya_data.clean.quality as quality
+
+    # rebuild the spaCy pipeline every few documents: results must not depend on its state
+    monkeypatch.setattr(quality, "MAX_LEXEMES", 2_000)
+    ours, theirs = quality.ReusingSpacyTokenizer(), SpaCyTokenizer("en")
+    texts = olympiad_solutions(40) + ["IS_ALPHA breaks spaCy", ""]
+    rebuilt = 0
+    for t in texts:
+        before = ours._tokenizer
+        assert ours.word_tokenize(t) == theirs.word_tokenize(t)
+        assert ours.sent_tokenize(t) == theirs.sent_tokenize(t)
+        assert ours.span_tokenize(t) == theirs.span_tokenize(t)
+        rebuilt += before is not None and ours._tokenizer is not before
+    assert rebuilt > 0

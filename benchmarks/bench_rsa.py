@@ -8,6 +8,9 @@ candidates) over the MATH 8-rollout sample in ../shared/data. Its rollouts are s
 (hundreds of tokens), so to measure at the report's tail length each candidate is a
 long trace made by chaining the problem's rollouts (starting at a different one per
 candidate) until it exceeds tau tokens; its tail is then cut exactly as a run does.
+Generation goes through `model.engine` (continuous batching over the paged compressed
+cache, Triton kernels, CUDA-graph decode); the baseline measured in the same run is the
+readable PyTorch path (`model.generate`) on a few of the same prompts.
 The model runs at random weights (default init, built on the GPU), so targets are
 always `max_new_tokens` long: the number is throughput, not quality.
 
@@ -77,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per engine batch")
+    ap.add_argument("--engine", default="on", choices=("on", "off"), help="generate through model.engine")
+    ap.add_argument("--baseline-prompts", type=int, default=4,
+                    help="also time model.generate (the PyTorch path) on this many of the prompts (0: skip)")
+    ap.add_argument("--baseline-batch-size", type=int, default=4)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--compare-actors", type=int, default=0,
                     help="also run N Ray GPU actors and report the speed-up over one actor")
@@ -103,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     prompts, tails = build_prompts(args.prompts, args.tau, args.k, tok.text_tokenizer)
     ckpt = args.checkpoint or f"random:{args.config}"
     spec = TeacherSpec(kind="zaya1", sampling=Sampling(), checkpoint=ckpt, device="cuda", dtype=args.dtype,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, engine=args.engine)
     gpu = torch.cuda.get_device_name(0)
     record: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gpu": gpu,
         "checkpoint": ckpt, "tau": args.tau, "k": args.k, "prompts": len(prompts),
         "mean_tail_tokens": sum(tails) / len(tails), "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size, "dtype": args.dtype, "runs": {},
+        "batch_size": args.batch_size, "dtype": args.dtype, "engine": args.engine, "runs": {},
     }
     teacher = LocalModelTeacher.from_spec(spec, tok)
     record["mean_prompt_tokens"] = sum(len(teacher.encode(p)) for p in prompts) / len(prompts)
@@ -117,8 +124,25 @@ def main(argv: list[str] | None = None) -> int:
     r["examples_per_gpu_hour"] = r["examples"] / r["seconds"] * 3600
     r["tokens_per_second"] = r["generated_tokens"] / r["seconds"]
     record["runs"]["in_process_1gpu"] = r
-    print(f"1 GPU in process: {r['examples_per_gpu_hour']:,.0f} aggregation examples/GPU-hour "
-          f"({r['tokens_per_second']:,.0f} generated tok/s)")
+    print(f"1 GPU in process ({'engine' if args.engine == 'on' else 'model.generate'}): "
+          f"{r['examples_per_gpu_hour']:,.0f} aggregation examples/GPU-hour ({r['tokens_per_second']:,.0f} generated tok/s)")
+    if args.baseline_prompts and args.engine == "on":
+        # The baseline: the readable PyTorch path on the same weights, the same prompts and
+        # max_new_tokens, in this run.
+        model = teacher.model
+        del teacher
+        torch.cuda.empty_cache()
+        base = LocalModelTeacher(model, tok, ckpt, args.baseline_batch_size, engine="off")
+        b = run_teacher(base, prompts[: args.baseline_prompts], args.max_new_tokens)
+        b["examples_per_gpu_hour"] = b["examples"] / b["seconds"] * 3600
+        b["tokens_per_second"] = b["generated_tokens"] / b["seconds"]
+        b["batch_size"] = args.baseline_batch_size
+        record["runs"]["in_process_1gpu_model_generate"] = b
+        record["engine_over_model_generate"] = r["examples_per_gpu_hour"] / b["examples_per_gpu_hour"]
+        print(f"baseline model.generate, batch {args.baseline_batch_size}: {b['examples_per_gpu_hour']:,.0f} "
+              f"examples/GPU-hour ({b['tokens_per_second']:,.0f} tok/s); engine / baseline = "
+              f"{record['engine_over_model_generate']:.2f}x")
+        teacher = base
     del teacher
     torch.cuda.empty_cache()
     if args.compare_actors:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from zaya_data.ledger import Ledger
+from zaya_data.config import ConfigError
 from zaya_data.rsa.config import load_rsa_config
 from zaya_data.rsa.run import run_rsa
 from zaya_data.rsa.teachers import GenerationRequest, OpenAISettings, OpenAITeacher, Sampling, TeacherUnavailable
@@ -238,6 +239,34 @@ def test_tiny_zaya1_model_as_teacher_on_cpu(tmp_path):
     # Random weights write no final answer: whatever is not kept is counted, with its reason.
     assert sum(r["kept"] for r in state) + res.ledger.total() == 4
     assert set(res.ledger.counts) <= {("rsa", "no_final_answer", "rsa_test"), ("rsa", "empty_target", "rsa_test")}
+
+
+def test_engine_teacher_writes_the_greedy_targets_of_the_generate_path():
+    """`engine: true` routes the teacher through model.engine (continuous batching over the
+    paged cache); greedy, it must write exactly what model.generate writes."""
+    from zaya_data.rsa.config import TeacherSpec
+    from zaya_data.rsa.model_teacher import LocalModelTeacher
+    from zaya_data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("embedded")
+    reqs = [GenerationRequest(p, 7 + i) for i, p in enumerate(
+        ["What is 2+2?", "Add 17 and 25, then halve it.", "x"])]
+    sampling = Sampling(max_tokens=12, temperature=0.0)
+    outs = {}
+    for engine in ("on", "off"):
+        spec = TeacherSpec(kind="zaya1", sampling=sampling, checkpoint="tiny", device="cpu", dtype="float32",
+                           batch_size=2, engine=engine)
+        teacher = LocalModelTeacher.from_spec(spec, tok)
+        assert (teacher.engine is not None) == (engine == "on")
+        outs[engine] = [(g.text, g.finish_reason, g.completion_tokens) for g in teacher.generate(reqs, sampling)]
+    assert outs["on"] == outs["off"]
+    assert [n for _, _, n in outs["on"]] == [12, 12, 12]
+
+
+def test_engine_option_is_validated(tmp_path):
+    cfg = write_config(tmp_path, "", teacher="{kind: zaya1, checkpoint: tiny, engine: sometimes}")
+    with pytest.raises(ConfigError, match=r"teacher\.engine.*auto, true or false"):
+        load_rsa_config(cfg)
 
 
 def test_ray_actor_pool_returns_the_in_process_outputs_in_order():

@@ -36,6 +36,9 @@ class TeacherSpec:
     dtype: str = "auto"  # zaya1: "float32", "bfloat16", "auto" (bf16 on GPU, fp32 on CPU)
     gpus: int = 0  # zaya1: Ray GPU actors (0 = generate in this process)
     batch_size: int = 16  # zaya1: prompts per generate call
+    # zaya1: generate through model.engine (continuous batching, paged cache, Triton on GPU)
+    # or the readable model.generate path: "on", "off", or "auto" (the engine on CUDA).
+    engine: str = "auto"
 
     @property
     def label(self) -> str:
@@ -101,7 +104,7 @@ _INPUT_EXTRA = {"limit"}
 _TAILS = {"tau", "boundary_window"}
 _SUBSETS = {"k", "m", "c", "stratify", "skip_unanimous"}
 _PROMPT = {"template", *TEMPLATE_FIELDS, "version"}
-_TEACHER = {"kind", "checkpoint", "device", "dtype", "gpus", "batch_size", "base_url", "model",
+_TEACHER = {"kind", "checkpoint", "device", "dtype", "gpus", "batch_size", "engine", "base_url", "model",
             "api_key_env", "endpoint", "concurrency", "retries", "timeout", "backoff", "backoff_max",
             "completion_template", "extra_body", "sampling"}
 _SAMPLING = {"temperature", "top_p", "top_k", "max_tokens", "stop"}
@@ -178,7 +181,7 @@ def _teacher(ctx: _Ctx, root: dict, base_dir: Path) -> TeacherSpec:
     t = _mapping(ctx, root, "teacher", "", _TEACHER)
     kind = _get(ctx, t, "kind", "teacher", str)
     sampling = _sampling(ctx, t, "teacher", Sampling())
-    zaya_only = {"checkpoint", "device", "dtype", "gpus", "batch_size"}
+    zaya_only = {"checkpoint", "device", "dtype", "gpus", "batch_size", "engine"}
     openai_only = _TEACHER - zaya_only - {"kind", "sampling"}
     if kind == "openai":
         for k in zaya_only & set(t):
@@ -233,9 +236,13 @@ def _teacher(ctx: _Ctx, root: dict, base_dir: Path) -> TeacherSpec:
         dtype = _get(ctx, t, "dtype", "teacher", str, "auto")
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ctx.err(t, "dtype", "teacher.dtype", f"must be auto, float32, bfloat16 or float16, got {dtype!r}")
+        engine = t.get("engine", "auto")
+        if engine not in ("auto", True, False):
+            raise ctx.err(t, "engine", "teacher.engine", f"must be auto, true or false, got {engine!r}")
         return TeacherSpec(kind="zaya1", sampling=sampling, checkpoint=ckpt, device=device, dtype=dtype,
                            gpus=_pos_int(ctx, t, "gpus", "teacher", 0, minimum=0),
-                           batch_size=_pos_int(ctx, t, "batch_size", "teacher", 16))
+                           batch_size=_pos_int(ctx, t, "batch_size", "teacher", 16),
+                           engine=engine if engine == "auto" else ("on" if engine else "off"))
     raise ctx.err(t, "kind", "teacher.kind", f"must be 'zaya1' or 'openai', got {kind!r}")
 
 

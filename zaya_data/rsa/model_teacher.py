@@ -40,7 +40,7 @@ def random_model(name: str, device: str, dtype: Any, seed: int = 0) -> Any:
 class LocalModelTeacher:
     """ZAYA1 on one device in this process (`checkpoint: tiny` builds the seeded tiny model)."""
 
-    def __init__(self, model: Any, tokenizer: Any, label: str, batch_size: int = 16):
+    def __init__(self, model: Any, tokenizer: Any, label: str, batch_size: int = 16, engine: str = "auto"):
         self.model = model
         self.tok = tokenizer  # a zaya_data.tokenizer.LoadedTokenizer
         self.name = label
@@ -51,6 +51,14 @@ class LocalModelTeacher:
         self._suffix = tokenizer.tokenizer.encode(suffix, add_special_tokens=False).ids
         ctx = getattr(model.config, "max_position_embeddings", None)
         self.max_positions: int | None = int(ctx) if ctx else None
+        self.engine: Any = None
+        if engine == "on" or (engine == "auto" and str(model.device).startswith("cuda")):
+            from model.engine import Engine, EngineConfig
+
+            # One chunk is the engine's whole batch: continuous batching inside it, and the
+            # chunking above it keeps the draws independent of the number of GPUs.
+            self.engine = Engine(model, EngineConfig(max_batch_size=batch_size), decode=self._decode)
+            self.max_positions = self.engine.max_model_len
 
     @classmethod
     def from_spec(cls, spec: Any, tokenizer: Any) -> "LocalModelTeacher":
@@ -73,7 +81,7 @@ class LocalModelTeacher:
             from model.loading import load_model
 
             model = load_model(spec.checkpoint, device=device, dtype=dtype)
-        return cls(model, tokenizer, spec.label, spec.batch_size)
+        return cls(model, tokenizer, spec.label, spec.batch_size, getattr(spec, "engine", "auto"))
 
     def encode(self, prompt: str) -> list[int]:
         return self._prefix + self.tok.text_tokenizer.encode(prompt, add_special_tokens=False).ids + self._suffix
@@ -100,8 +108,11 @@ class LocalModelTeacher:
                 max_new = min(max_new, self.max_positions - max(len(encoded[i]) for i in fit))
             params = SamplingParams(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
                                     top_k=sampling.top_k or 0, seed=seed, stop_strings=tuple(sampling.stop))
-            done = generate(self.model, [encoded[i] for i in fit], params, decode=self._decode,
-                            pad_token_id=self.tok.pad_id)
+            if self.engine is not None:
+                done = self.engine.generate([encoded[i] for i in fit], params)
+            else:
+                done = generate(self.model, [encoded[i] for i in fit], params, decode=self._decode,
+                                pad_token_id=self.tok.pad_id)
             for i, c in zip(fit, done):
                 out[i] = Generation(c.text or "", c.finish_reason, c.completion_tokens)
         return [g for g in out if g is not None]

@@ -1,0 +1,430 @@
+"""Filter + dedup throughput: zaya-data's cleaning stages vs datatrove's own pipeline,
+same filters, same data, same number of worker processes, measured in one run.
+
+    python benchmarks/bench_clean.py [--workers 2] [--scale 1] [--repeat 2] [--keep-dir DIR]
+
+Corpus: every text of ../shared/data (MATH/Minerva/OlympiadBench solutions, Qwen
+rollouts, GSM8K answers) plus the Python documentation topics shipped in the standard
+library (`pydoc_data`), with 10% lightly edited copies and 5% verbatim copies added so
+dedup has work to do; `--scale k` repeats it k times with fresh edits. Written as
+`--workers` JSONL shards (datatrove's input unit: one task per file).
+
+datatrove (0.10.1): LocalPipelineExecutor, stage 1 = JsonlReader -> the four filters ->
+JsonlWriter -> MinhashDedupSignature; stage 2 MinhashDedupBuckets; stage 3
+MinhashDedupCluster; stage 4 = JsonlReader -> MinhashDedupFilter -> JsonlWriter, its
+documented MinHash recipe (5-grams, 14 buckets x 8 hashes).
+zaya-data: a process pool of the same size; map 1 = read JSONL to Arrow ->
+QualityFilter (the same datatrove filter objects) -> Parquet + `signatures` (exact and
+MinHash, 5-grams, 14 bands x 8); driver `resolve_duplicates`; map 2 = `apply_drop_list`
+-> Parquet. Both count docs in/out; throughput = input docs (and input text MB) / wall s.
+The machine may be shared: each engine runs `--repeat` times, alternating, and the best
+(least disturbed) wall time of each is compared.
+
+Same work? The four filters are the same datatrove objects with the same arguments, so
+"after filters" must be equal (checked; the run fails otherwise). Dedup differs by
+design: zaya-data drops exact duplicates of the normalized text, and a MinHash band
+collision only where the estimated Jaccard similarity reaches 0.8; datatrove's MinHash
+removes every band collision without checking similarity, over its own normalized
+5-grams. The kept sets are compared document by document.
+
+Near-dedup scaling (for a many-core machine; runs only the signature + resolve path):
+
+    python benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale 16
+
+signatures, bucket keys and hash-partitioned bucket resolution run in a process pool of
+each size over the same 64 chunks; prints docs/s, speedup and parallel efficiency
+T1 / (k * Tk) against 1 core, and checks that every size gives the same drop list. Core
+counts above this machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared
+data when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout; ZAYA_SHARED_DATA points elsewhere (a bigger machine).
+DATA = Path(os.environ.get("ZAYA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+FILTERS = {
+    # Gopher's alpha-word rule and C4's curly-bracket rule each drop nearly all LaTeX-heavy
+    # math text; off on both sides so the later filters and dedup see real work.
+    "gopher_quality": {"max_non_alpha_words_ratio": None},
+    "gopher_repetition": True,
+    "c4": {"filter_curly_bracket": False},
+    "fineweb": True,
+}
+CLEAN = {"quality": FILTERS, "exact_dedup": True, "near_dedup": {"shingle": 5, "permutations": 112, "bands": 14}}
+
+
+def base_texts() -> list[str]:
+    def jl(rel: str) -> list[dict]:
+        with open(DATA / rel) as f:
+            return [json.loads(line) for line in f]
+
+    texts = [c for r in jl("qwen25-math-eval/math_cot_100_rollouts8.jsonl") for c in r["code"]]
+    texts += [r["solution"][0] for r in jl("qwen25-math-eval/olympiadbench.jsonl")]
+    texts += [r["solution"] for r in jl("limo-eval/math.jsonl")]
+    texts += [r["solution"] for r in jl("qwen25-math-eval/minerva_math.jsonl")]
+    texts += [r["question"] + "\n" + r["answer"] for r in jl("qwen25-math-eval/gsm8k.jsonl")]
+    import pydoc_data.topics as topics
+
+    for _, body in sorted(topics.topics.items()):
+        chunk: list[str] = []
+        for para in body.split("\n\n"):
+            chunk.append(para)
+            if sum(map(len, chunk)) > 3000:
+                texts.append("\n\n".join(chunk))
+                chunk = []
+        if chunk:
+            texts.append("\n\n".join(chunk))
+    return texts
+
+
+def edit(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    for _ in range(max(1, len(words) // 100)):
+        words[rng.randrange(len(words))] = rng.choice(["thus", "hence", "so"])
+    return " ".join(words)
+
+
+def corpus_docs(scale: int) -> list[str]:
+    rng = random.Random(0)
+    base = base_texts()
+    docs: list[str] = []
+    for _ in range(scale):
+        docs += [edit(t, rng) if scale > 1 else t for t in base]
+        docs += [edit(t, rng) for t in rng.sample(base, len(base) // 10)]
+        docs += rng.sample(base, len(base) // 20)
+    rng.shuffle(docs)
+    return docs
+
+
+def build_corpus(root: Path, workers: int, scale: int) -> tuple[list[Path], int, int]:
+    docs = corpus_docs(scale)
+    root.mkdir(parents=True)
+    paths = [root / f"shard_{i:02d}.jsonl" for i in range(workers)]
+    files = [p.open("w") for p in paths]
+    for i, t in enumerate(docs):
+        files[i % workers].write(json.dumps({"id": f"d{i:07d}", "text": t}) + "\n")
+    for f in files:
+        f.close()
+    return paths, len(docs), sum(len(t.encode()) for t in docs)
+
+
+# ---------------------------------------------------------------------------------------
+# datatrove
+
+
+def _xxh64(data: str | bytes) -> int:
+    import xxhash
+
+    return xxhash.xxh64_intdigest(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def run_datatrove(inp: Path, work: Path, workers: int) -> dict:
+    # datatrove 0.10.1's default MinHash hash (xxhash64 of a str) fails with the
+    # installed xxhash 4.x ("Strings must be encoded before hashing"); give it the same
+    # xxh64 on the UTF-8 bytes rather than switching it to its slower sha1 option.
+    import datatrove.utils.hashes.xxhash as dt_xxhash
+
+    dt_xxhash.xxhash64 = _xxh64
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    cfg = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1)
+    filters = [
+        GopherQualityFilter(max_non_alpha_words_ratio=None),
+        GopherRepetitionFilter(),
+        C4QualityFilter(filter_curly_bracket=False),
+        FineWebQualityFilter(),
+    ]
+    logs = work / "logs"
+    common = {"workers": workers, "skip_completed": False}
+    t0 = time.perf_counter()
+    LocalPipelineExecutor(
+        [JsonlReader(str(inp)), *filters, JsonlWriter(str(work / "filtered"), compression=None),
+         MinhashDedupSignature(str(work / "sigs"), config=cfg)],
+        tasks=workers, logging_dir=str(logs / "1"), **common,
+    ).run()
+    t1 = time.perf_counter()
+    LocalPipelineExecutor([MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=cfg)],
+                          tasks=cfg.num_buckets, logging_dir=str(logs / "2"), **common).run()
+    LocalPipelineExecutor([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=cfg)],
+                          tasks=1, logging_dir=str(logs / "3"), **common).run()
+    LocalPipelineExecutor(
+        [JsonlReader(str(work / "filtered")), MinhashDedupFilter(str(work / "remove")),
+         JsonlWriter(str(work / "out"), compression=None)],
+        tasks=workers, logging_dir=str(logs / "4"), **common,
+    ).run()
+    t2 = time.perf_counter()
+    kept_filters = sum(1 for p in (work / "filtered").glob("*.jsonl") for _ in p.open())
+    ids = {json.loads(line)["id"] for p in (work / "out").glob("*.jsonl") for line in p.open()}
+    return {"wall": t2 - t0, "filter_s": t1 - t0, "dedup_s": t2 - t1, "after_filters": kept_filters,
+            "kept": len(ids), "ids": ids}
+
+
+# ---------------------------------------------------------------------------------------
+# zaya-data
+
+
+def _map_filter(args: tuple[str, int, str]) -> tuple[dict, bytes]:
+    import pyarrow as pa
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    from zaya_data.clean import QualityFilter, parse_clean, signatures
+    from zaya_data.ledger import Ledger
+
+    path, index, out = args
+    spec = parse_clean(CLEAN, "bench")
+    raw = pj.read_json(path)
+    n = raw.num_rows
+    table = pa.table(
+        {
+            "id": raw.column("id"), "source": pa.array(["bench"] * n), "category": pa.array(["mixed"] * n),
+            "text": raw.column("text"), "meta": pa.nulls(n, pa.string()),
+            "file_index": pa.array([index] * n, pa.int32()), "row_index": pa.array(range(n), pa.int64()),
+        }
+    )
+    ledger = Ledger()
+    kept = QualityFilter(spec)(table, ledger)
+    pq.write_table(kept, out)
+    sink = pa.BufferOutputStream()
+    sig = signatures(kept, spec)
+    with pa.ipc.new_stream(sink, sig.schema) as w:
+        w.write_table(sig)
+    return ledger.to_dict(), sink.getvalue().to_pybytes()
+
+
+def _map_apply(args: tuple[str, bytes, str]) -> tuple[list[str], dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zaya_data.clean import apply_drop_list
+    from zaya_data.ledger import Ledger
+
+    path, drops_ipc, out = args
+    drops = pa.ipc.open_stream(drops_ipc).read_all()
+    ledger = Ledger()
+    kept = apply_drop_list(pq.read_table(path), drops, ledger)
+    pq.write_table(kept, out)
+    return kept.column("id").to_pylist(), ledger.to_dict()
+
+
+def run_zaya(shards: list[Path], work: Path, workers: int) -> dict:
+    import pyarrow as pa
+
+    from zaya_data.clean import parse_clean, resolve_duplicates
+    from zaya_data.ledger import Ledger
+
+    work.mkdir(parents=True)
+    spec = parse_clean(CLEAN, "bench")
+    ledger = Ledger()
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        filtered = [str(work / f"filtered_{i}.parquet") for i in range(len(shards))]
+        res = list(pool.map(_map_filter, [(str(p), i, f) for i, (p, f) in enumerate(zip(shards, filtered))]))
+        t1 = time.perf_counter()
+        sigs = [pa.ipc.open_stream(b).read_all() for _, b in res]
+        for led, _ in res:
+            ledger.merge(Ledger.from_dict(led))
+        drops = resolve_duplicates(sigs, spec)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, drops.schema) as w:
+            w.write_table(drops)
+        blob = sink.getvalue().to_pybytes()
+        outs = list(pool.map(_map_apply, [(f, blob, str(work / f"out_{i}.parquet")) for i, f in enumerate(filtered)]))
+    t2 = time.perf_counter()
+    for _, led in outs:
+        ledger.merge(Ledger.from_dict(led))
+    return {
+        "wall": t2 - t0, "filter_s": t1 - t0, "dedup_s": t2 - t1,
+        "after_filters": sum(s.num_rows for s in sigs), "kept": sum(len(ids) for ids, _ in outs),
+        "ids": {i for ids, _ in outs for i in ids},
+        "exact": ledger.total(stage="dedup") - sum(n for (st, r, _), n in ledger.counts.items() if r == "near_duplicate"),
+        "near": sum(n for (st, r, _), n in ledger.counts.items() if r == "near_duplicate"),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# near-dedup scaling: signatures + bucket resolution only, over a process pool
+
+_SCALE_TEXTS: list[str] = []  # the corpus, inherited by forked workers (never pickled)
+SCALE_CHUNKS = 64  # fixed, so every pool size does exactly the same work
+SCALE_PARTITIONS = 64
+
+
+def _scale_map(args: tuple[int, str]) -> int:
+    """Chunk -> signatures -> bucket keys, written as one file per hash partition."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from zaya_data.clean import parse_clean, signatures
+    from zaya_data.clean.dedup import bucket_keys, partition_of
+
+    chunk, work = args
+    spec = parse_clean(CLEAN, "bench")
+    n = len(_SCALE_TEXTS)
+    lo, hi = chunk * n // SCALE_CHUNKS, (chunk + 1) * n // SCALE_CHUNKS
+    texts = _SCALE_TEXTS[lo:hi]
+    m = len(texts)
+    table = pa.table({
+        "id": [f"d{i:08d}" for i in range(lo, hi)], "source": pa.array(["bench"] * m),
+        "category": pa.array(["mixed"] * m), "text": texts, "meta": pa.nulls(m, pa.string()),
+        "file_index": pa.array([chunk] * m, pa.int32()), "row_index": pa.array(range(m), pa.int64()),
+    })
+    keys = bucket_keys(signatures(table, spec), spec)
+    part = partition_of(keys, SCALE_PARTITIONS)
+    for p in range(SCALE_PARTITIONS):
+        sub = keys.filter(pc.equal(part, p))
+        with pa.OSFile(f"{work}/keys-{chunk:03d}-{p:03d}.arrow", "wb") as f, pa.ipc.new_file(f, sub.schema) as w:
+            w.write_table(sub)
+    return m
+
+
+def _scale_reduce(args: tuple[int, str]) -> bytes:
+    """All bucket rows of one hash partition -> member->anchor links (Arrow IPC bytes)."""
+    import pyarrow as pa
+
+    from zaya_data.clean.dedup import bucket_edges
+
+    p, work = args
+    tables = [pa.ipc.open_file(pa.memory_map(f"{work}/keys-{c:03d}-{p:03d}.arrow")).read_all()
+              for c in range(SCALE_CHUNKS)]
+    edges = bucket_edges(pa.concat_tables(tables), CLEAN["near_dedup"].get("threshold", 0.8))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, edges.schema) as w:
+        w.write_table(edges)
+    return sink.getvalue().to_pybytes()
+
+
+def run_scaling(cores: list[int], scale: int, root: Path) -> None:
+    import multiprocessing as mp
+
+    import pyarrow as pa
+
+    from zaya_data.clean.dedup import resolve_edges
+
+    global _SCALE_TEXTS
+    _SCALE_TEXTS = corpus_docs(scale)
+    n, mb = len(_SCALE_TEXTS), sum(len(t.encode()) for t in _SCALE_TEXTS) / 1e6
+    ncpu = os.cpu_count() or 1
+    run = [k for k in cores if k <= ncpu]
+    skipped = [k for k in cores if k > ncpu]
+    print(f"# near-dedup scaling: {n} docs, {mb:.1f} MB text, {SCALE_CHUNKS} chunks, "
+          f"{SCALE_PARTITIONS} partitions, {ncpu} CPUs, python {platform.python_version()}")
+    if skipped:
+        print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
+    print("| cores | wall s | signatures s | resolve s | docs/s | MB/s | speedup | efficiency | drops |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    ref = None  # core-seconds of the first run: T1 when the list starts with 1
+    first_drops = None
+    ctx = mp.get_context("fork")  # workers inherit the corpus instead of receiving it
+    for k in run:
+        work = root / f"scale-{k}"
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(k, mp_context=ctx) as pool:
+            docs = sum(pool.map(_scale_map, [(c, str(work)) for c in range(SCALE_CHUNKS)]))
+            t1 = time.perf_counter()
+            blobs = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
+        drops = resolve_edges(pa.ipc.open_stream(b).read_all() for b in blobs)
+        wall = time.perf_counter() - t0
+        shutil.rmtree(work, ignore_errors=True)
+        assert docs == n
+        first_drops = drops if first_drops is None else first_drops
+        same = drops.equals(first_drops)
+        ref = wall * k if ref is None else ref
+        print(f"| {k} | {wall:.2f} | {t1 - t0:.2f} | {wall - (t1 - t0):.2f} | {n / wall:.0f} | {mb / wall:.2f} | "
+              f"{ref / wall:.2f}x | {ref / (k * wall):.0%} | "
+              f"{drops.num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
+        sys.stdout.flush()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=2, help="worker processes on both sides (default 2)")
+    ap.add_argument("--scale", type=int, default=1, help="corpus copies, each with fresh edits (default 1)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per engine, alternating; best wall counts")
+    ap.add_argument("--keep-dir", type=Path, default=None, help="keep inputs and outputs here")
+    ap.add_argument("--scaling", metavar="K,K,...", help="near-dedup scaling mode: comma-separated core counts "
+                                                          "(start with 1: efficiency is against the first)")
+    args = ap.parse_args()
+    if not (DATA / "qwen25-math-eval").is_dir():
+        sys.exit(f"no shared data at {DATA}: set ZAYA_SHARED_DATA to a copy of it")
+    root = Path(tempfile.mkdtemp(prefix="bench_clean_")) if args.keep_dir is None else args.keep_dir
+    try:
+        if args.scaling:
+            run_scaling([int(k) for k in args.scaling.split(",")], args.scale, root)
+            return
+        run_comparison(args, root)
+    finally:
+        if args.keep_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_comparison(args: argparse.Namespace, root: Path) -> None:
+    import logging
+
+    shards, n_docs, n_bytes = build_corpus(root / "input", args.workers, args.scale)
+    mb = n_bytes / 1e6
+    print(f"# bench_clean: {n_docs} docs, {mb:.1f} MB text, {args.workers} workers, "
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}, best of {args.repeat}")
+    from loguru import logger  # datatrove logs every step at INFO; keep the report readable
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    logging.getLogger("datatrove").setLevel(logging.WARNING)
+    runs: dict[str, list[dict]] = {"datatrove": [], "zaya": []}
+    for i in range(args.repeat):
+        order = ("zaya", "datatrove") if i % 2 == 0 else ("datatrove", "zaya")
+        for eng in order:
+            work = root / f"{eng}-{i}"
+            r = run_zaya(shards, work, args.workers) if eng == "zaya" else run_datatrove(root / "input", work, args.workers)
+            runs[eng].append(r)
+            print(f"#   run {i + 1} {eng}: {r['wall']:.1f} s", flush=True)
+            shutil.rmtree(work, ignore_errors=True)
+    dt = min(runs["datatrove"], key=lambda r: r["wall"])
+    zaya = min(runs["zaya"], key=lambda r: r["wall"])
+    print("| engine | wall s | stage 1: filters + signatures s | dedup s | after filters | kept | docs/s | MB/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in (("datatrove 0.10.1", dt), ("zaya-data", zaya)):
+        print(f"| {name} | {r['wall']:.1f} | {r['filter_s']:.1f} | {r['dedup_s']:.1f} | {r['after_filters']} | "
+              f"{r['kept']} | {n_docs / r['wall']:.0f} | {mb / r['wall']:.2f} |")
+    same_filters = dt["after_filters"] == zaya["after_filters"]
+    both = len(dt["ids"] & zaya["ids"])
+    print(f"\nafter the filters: datatrove {dt['after_filters']}, zaya-data {zaya['after_filters']} "
+          f"({'the same' if same_filters else 'DIFFERENT: the filters did not do the same work'})")
+    print(f"dedup drops: zaya-data exact {zaya['exact']} + near {zaya['near']} = {zaya['exact'] + zaya['near']}; "
+          f"datatrove MinHash {dt['after_filters'] - dt['kept']}")
+    print(f"kept by both {both}, only by zaya-data {len(zaya['ids'] - dt['ids'])}, "
+          f"only by datatrove {len(dt['ids'] - zaya['ids'])}")
+    print(f"throughput ratio zaya-data / datatrove: {dt['wall'] / zaya['wall']:.2f}x "
+          f"(stage 1 {dt['filter_s'] / zaya['filter_s']:.2f}x, dedup {dt['dedup_s'] / zaya['dedup_s']:.2f}x)")
+    sys.stdout.flush()
+    if not same_filters:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,6 +45,10 @@ def _check_spec(spec: SourceSpec) -> None:
     if not isinstance(spec.options.get("meta", True), bool):
         raise ValueError(f"source {spec.name!r} ({spec.origin}): options.meta must be true or false, "
                          f"got {spec.options['meta']!r}")
+    limit = spec.options.get("max_record_bytes", 1)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"source {spec.name!r} ({spec.origin}): options.max_record_bytes must be an integer >= 1, "
+                         f"got {limit!r}")
     if spec.format == "text":
         from zaya_data.readers.text import check_text_spec
 

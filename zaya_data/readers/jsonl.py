@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from zaya_data.ledger import Ledger
 from zaya_data.readers.fieldmap import Mapper, RecordError
-from zaya_data.readers.rows import RowBuffer
+from zaya_data.readers.rows import RowBuffer, record_limit
 from zaya_data.specs import SourceSpec
 
 try:  # orjson parses 2-3x faster than json and validates UTF-8 itself; optional.
@@ -105,10 +105,21 @@ def _decompressed(fh: Any, ext: str) -> Iterator[bytes]:
         raise TruncatedStream("truncated_compressed_stream", f"{ext} stream ended before its end marker")
 
 
-def line_chunks(path: str) -> Iterator[list[bytes]]:
+class LongLine:
+    """Stands in for a line longer than the reader's limit, whose bytes were dropped as
+    they streamed by (so one huge line never sits in memory)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def line_chunks(path: str, max_line: int | None = None) -> Iterator[list[bytes | LongLine]]:
     """Lists of complete lines (without b"\\n"), in order, never the whole file at once.
     The final line is yielded even without a trailing newline, unless the stream was
-    truncated (then it is incomplete and belongs to the truncation rejection)."""
+    truncated (then it is incomplete and belongs to the truncation rejection). A line of
+    more than `max_line` bytes comes as a `LongLine`."""
     ext = compression_of(path)
     with open(path, "rb") as fh:
         if ext is None:
@@ -116,19 +127,39 @@ def line_chunks(path: str) -> Iterator[list[bytes]]:
         else:
             chunks = _decompressed(fh, ext)
         pending: list[bytes] = []  # pieces of a line longer than one chunk
+        pending_size = 0
+        dropped = 0  # bytes of the current line already dropped (it is over the limit)
         for chunk in chunks:
             if b"\n" not in chunk:
+                if dropped:
+                    dropped += len(chunk)
+                    continue
                 pending.append(chunk)
+                pending_size += len(chunk)
+                if max_line is not None and pending_size > max_line:
+                    dropped, pending, pending_size = pending_size, [], 0
                 continue
-            if pending:
-                pending.append(chunk)
-                chunk = b"".join(pending)
-                pending = []
-            lines = chunk.split(b"\n")
-            pending.append(lines.pop())
+            lines: list[bytes | LongLine]
+            if dropped:
+                cut = chunk.index(b"\n")
+                lines = [LongLine(dropped + cut), *chunk[cut + 1:].split(b"\n")]
+                dropped = 0
+            else:
+                if pending:
+                    pending.append(chunk)
+                    chunk = b"".join(pending)
+                    pending, pending_size = [], 0
+                lines = list(chunk.split(b"\n"))
+            last = lines.pop()
+            assert isinstance(last, bytes)
+            pending, pending_size = [last], len(last)
+            if max_line is not None:
+                lines = [LongLine(len(x)) if isinstance(x, bytes) and len(x) > max_line else x for x in lines]
             yield lines
         tail = b"".join(pending)
-        if tail:
+        if dropped or (max_line is not None and len(tail) > max_line):
+            yield [LongLine(dropped + len(tail))]
+        elif tail:
             yield [tail]
 
 
@@ -177,11 +208,16 @@ def read_jsonl(spec: SourceSpec, path: str, file_index: int, ledger: Ledger, bat
     encoding = str(spec.options.get("encoding", "utf-8")).lower()
     fast = _fast_loads if encoding in ("utf-8", "utf8") else None
     name = spec.name
+    limit = record_limit(spec.options)
     lineno = -1
     try:
-        for lines in line_chunks(path):
+        for lines in line_chunks(path, limit):
             for raw in lines:
                 lineno += 1
+                if type(raw) is LongLine:
+                    ledger.reject(STAGE, "record_too_large", name, file=path, location=f"line {lineno + 1}",
+                                  detail=f"{raw.size:,} bytes, options.max_record_bytes is {limit:,}")
+                    continue
                 if not raw or raw.isspace():
                     continue  # blank lines are not records
                 slow = True

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from zaya_data.ledger import Ledger
 from zaya_data.readers.fieldmap import Mapper, RecordError
-from zaya_data.readers.rows import RowBuffer
+from zaya_data.readers.rows import RowBuffer, record_limit, text_bytes
 from zaya_data.specs import SourceSpec
 
 STAGE = "read"
@@ -24,6 +24,7 @@ def map_record_batches(
     """Map the rows of Arrow batches (Parquet, HF datasets) through `mapper`; rows are
     numbered from 0 across the batches. Rejections name the file and "row N"."""
     buf = RowBuffer(spec.kind, spec.name, spec.category, file_index, batch_size)
+    limit = record_limit(spec.options)
     row = 0
     for batch in batches:
         records: list[dict[str, Any]] = batch.to_pylist()
@@ -35,7 +36,11 @@ def map_record_batches(
             except Exception as e:  # a bug or an input nobody foresaw: name the record
                 raise RuntimeError(f"source {spec.name!r}: {path}:{location} {row}: cannot map the record: {e!r}") from e
             else:
-                if buf.add(values, row):
+                size = text_bytes(values, limit)
+                if size > limit:
+                    ledger.reject(STAGE, "record_too_large", spec.name, file=path, location=f"{location} {row}",
+                                  detail=f"mapped text is {size:,} bytes, options.max_record_bytes is {limit:,}")
+                elif buf.add(values, row):
                     yield buf.flush()
             row += 1
     if len(buf):

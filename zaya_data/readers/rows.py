@@ -9,6 +9,26 @@ import pyarrow as pa
 
 from zaya_data.schema import SCHEMAS
 
+# Largest record a reader passes on (UTF-8 bytes of its line, file or mapped text).
+# Tokenizing holds ~120 bytes of memory per byte of text, so one 200 MB record would take
+# ~24 GB in a worker; 16 MiB (~4M tokens, 30x the largest context) is beyond any real
+# training sample. `options.max_record_bytes` changes it per source.
+MAX_RECORD_BYTES = 16 << 20
+
+
+def record_limit(options: dict[str, Any]) -> int:
+    return int(options.get("max_record_bytes", MAX_RECORD_BYTES))
+
+
+def text_bytes(values: tuple[Any, ...], limit: int) -> int:
+    """UTF-8 size of the string values of a mapped row, counted exactly only when it
+    could exceed `limit` (a character is at most 4 bytes)."""
+    strs = [v for v in values if isinstance(v, str)]
+    chars = sum(len(v) for v in strs)
+    if 4 * chars <= limit:
+        return chars
+    return sum(len(v.encode("utf-8", "surrogatepass")) for v in strs)
+
 # Columns each Mapper tuple fills, in tuple order (the rest are constant or provenance).
 _VALUE_COLUMNS = {
     "document": ("id", "text", "meta"),

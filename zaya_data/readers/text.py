@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pyarrow as pa
 
 from zaya_data.ledger import Ledger
-from zaya_data.readers.rows import RowBuffer
+from zaya_data.readers.rows import RowBuffer, record_limit
 from zaya_data.schema import stable_id
 from zaya_data.specs import SourceSpec
 
@@ -30,17 +31,22 @@ def check_text_spec(spec: SourceSpec) -> None:
 
 
 def read_text(spec: SourceSpec, path: str, file_index: int, ledger: Ledger, batch_size: int) -> Iterator[pa.Table]:
-    """One row (row_index 0) for the file, or one rejection: `invalid_utf8` (the file is
-    not UTF-8), `empty_field` (empty or whitespace only), `too_short` (fewer than
+    """One row (row_index 0) for the file, or one rejection: `record_too_large` (over
+    options.max_record_bytes), `invalid_utf8` (the file is not UTF-8), `empty_field` (empty or whitespace only), `too_short` (fewer than
     options.min_chars characters), `nul_byte` (a binary file)."""
     check_text_spec(spec)
     min_chars: int = spec.options.get("min_chars", 1)
     encoding = str(spec.options.get("encoding", "utf-8"))
-    with open(path, "rb") as fh:
-        data = fh.read()
 
     def reject(reason: str, detail: str) -> None:
         ledger.reject(STAGE, reason, spec.name, file=path, detail=detail)
+
+    size, limit = os.path.getsize(path), record_limit(spec.options)
+    if size > limit:  # decided from the size: the file is never read into memory
+        reject("record_too_large", f"field 'text': {size:,} bytes, options.max_record_bytes is {limit:,}")
+        return
+    with open(path, "rb") as fh:
+        data = fh.read()
 
     try:
         text = data.decode(encoding, errors="strict")

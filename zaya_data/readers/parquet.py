@@ -53,9 +53,32 @@ def missing_columns(mapper: Mapper, names: list[str]) -> list[tuple[str, str]]:
     return [(canon, col) for canon, col in mapper.required_roots.items() if col not in have]
 
 
+# What a damaged file raises: a bad footer (ArrowInvalid), a bad page or thrift header
+# (OSError), a decompression failure (ArrowException subclasses).
+_DAMAGED = (pa.ArrowException, OSError)
+
+
+def _counted(batches: Iterator[pa.RecordBatch], seen: list[int], error: list[str]) -> Iterator[pa.RecordBatch]:
+    """`batches`, stopping at the first damaged row group; `seen[0]` counts rows
+    delivered and `error` receives what went wrong."""
+    try:
+        for b in batches:
+            seen[0] += b.num_rows
+            yield b
+    except _DAMAGED as e:
+        error.append(f"{type(e).__name__}: {e}")
+
+
 def read_parquet(spec: SourceSpec, path: str, file_index: int, ledger: Ledger, batch_size: int) -> Iterator[pa.Table]:
     mapper = Mapper(spec, with_meta=spec.options.get("meta", True))
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except _DAMAGED as e:
+        # No readable footer, so no row count: the file is one record in the ledger.
+        ledger.reject(STAGE, "unreadable_file", spec.name, file=path, location="whole file",
+                      detail=f"not a readable Parquet file ({type(e).__name__}: {e}); its rows cannot be "
+                      "counted, so the file counts as one record")
+        return
     missing = missing_columns(mapper, pf.schema_arrow.names)
     if missing and pf.metadata.num_rows:
         # Every row of this file lacks the field: count them all (so input == written +
@@ -68,6 +91,13 @@ def read_parquet(spec: SourceSpec, path: str, file_index: int, ledger: Ledger, b
             count=pf.metadata.num_rows,
         )
         return
+    seen, error = [0], []
     yield from map_record_batches(
-        spec, mapper, pf.iter_batches(batch_size=batch_size), path, file_index, ledger, batch_size
+        spec, mapper, _counted(pf.iter_batches(batch_size=batch_size), seen, error), path, file_index, ledger,
+        batch_size,
     )
+    if error:
+        # The footer's row count says how many rows the damage cost.
+        lost = pf.metadata.num_rows - seen[0]
+        ledger.reject(STAGE, "corrupt_file", spec.name, file=path, location=f"rows {seen[0]}-{pf.metadata.num_rows - 1}",
+                      detail=f"{error[0]}; {seen[0]} rows were read, the remaining {lost} are lost", count=lost)

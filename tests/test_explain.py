@@ -53,6 +53,15 @@ phases:
     weights: {{rollouts: 1, docs: 1, gsm: 1}}
     max_repetition: 2
     shard_rows: 32
+  rl:
+    kind: prompts
+    prompt_budget: 60
+    weights: {{rollouts: 1}}
+    max_repetition: 2
+    clean:  # replaces the top-level decontaminate (and keeps its dedup keys)
+      decontaminate:
+        benchmarks:
+          - {{name: math500, path: {data}/limo-eval/math.jsonl}}
 """
 
 N_SOLUTIONS = 272  # minerva_math.jsonl
@@ -91,8 +100,8 @@ def out(mixture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return o
 
 
-def _index(out: Path):
-    return pq.read_table(out / "short" / "records.parquet")
+def _index(out: Path, phase: str = "short"):
+    return pq.read_table(out / phase / "records.parquet")
 
 
 def _row(t, **eq) -> dict:
@@ -208,9 +217,38 @@ def test_cli_exit_codes_and_json(out: Path, capsys: pytest.CaptureFixture[str]) 
     assert "exact / near dedup" in capsys.readouterr().out
 
 
+def test_rl_prompts_are_decontaminated_and_explained(out: Path) -> None:
+    from zaya_data.clean.normalize import problem_key
+
+    t = _index(out, "rl")
+    m = json.loads((out / "rl" / "manifest.json").read_text())
+    s = m["sources"]["rollouts"]
+    fates = t["fate"].to_pylist()
+    assert t.num_rows == s["input_records"] == 100
+    assert fates.count("dropped") == s["rejected_records"] > 0
+    assert fates.count("selected") == s["unique_prompts"]
+    assert set(t.filter(pc.equal(t["fate"], "dropped"))["stage"].to_pylist()) == {"decontaminate"}
+    math500 = [json.loads(x) for x in (DATA / "limo-eval" / "math.jsonl").open()]
+    rollouts = [json.loads(x) for x in (DATA / "qwen25-math-eval" / "math_cot_100_rollouts8.jsonl").open()]
+    exact = t.filter(pc.equal(t["reason"], "math500:exact")).to_pylist()
+    assert exact
+    for r in exact:
+        steps = _steps(explain(out, r["id"]), "rl")
+        (match,) = steps["decontamination"]["matches"]
+        assert problem_key(math500[match["item"]]["problem"]) == problem_key(rollouts[r["row_index"]]["question"])
+        assert match["item_id"] == math500[match["item"]]["unique_id"]
+        assert steps["prompt set"]["status"] == "not reached"
+    kept = t.filter(pc.equal(t["fate"], "selected")).slice(0, 1).to_pylist()[0]
+    (place,) = _steps(explain(out, kept["id"]), "rl")["prompt set"]["placements"]
+    written = pq.read_table(out / "rl" / "prompts-00000.parquet").slice(place["row"], 1).to_pylist()[0]
+    assert (written["id"], written["row_index"]) == (kept["id"], kept["row_index"])
+
+
 def test_two_ray_workers_write_the_same_bytes(mixture: Path, out: Path, tmp_path: Path) -> None:
     o = tmp_path / "ray2"
     assert main(["build", str(mixture), "--out", str(o), "--workers", "2", "--quiet"]) == 0
-    for name in ["records.parquet", "decontamination.json", "ledger.json",
-                 *sorted(p.name for p in (out / "short").glob("shard-*.parquet"))]:
-        assert (o / "short" / name).read_bytes() == (out / "short" / name).read_bytes(), name
+    for phase, name in [*((ph, n) for ph in ("short", "rl") for n in ("records.parquet", "decontamination.json",
+                                                                       "ledger.json")),
+                        ("rl", "prompts-00000.parquet"),
+                        *(("short", p.name) for p in sorted((out / "short").glob("shard-*.parquet")))]:
+        assert (o / phase / name).read_bytes() == (out / phase / name).read_bytes(), (phase, name)

@@ -157,7 +157,7 @@ def build_phase(
 
     tok = load_tokenizer(mix.tokenizer.path)
     cfg = phase_config(mix, phase, seed, tok.sha256)
-    specs = phase_clean_specs(mix, phase, phase_sources(phase, mix.sources)) if phase.kind == "packed" else {}
+    specs = phase_clean_specs(mix, phase, phase_sources(phase, mix.sources))
     if any(not s.is_noop for s in specs.values()):
         # only when cleaning is on, so the hashes (and work folders) of other builds stay
         cfg["clean"] = clean_config(specs)
@@ -172,10 +172,16 @@ def build_phase(
     names = phase_sources(phase, mix.sources)
     units = _units(mix, names)
     if phase.kind == "prompts":
-        return _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, executor, seed, strict, command)
+        return _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, executor, seed, strict, command,
+                              specs)
+
+    from zaya_data.clean.build import CleanTokenizeWorker
 
     jobs = group_jobs(mix, units, work)
-    records, drop_counts = _tokenize_jobs(mix, phase, names, specs, jobs, work, executor, strict)
+    init = dict(tokenizer=mix.tokenizer.path, template=asdict(phase.template), context=phase.context,
+                loss=phase.loss, trim_window=phase.trim_window, strict=strict)
+    records, drop_counts = _clean_jobs(CleanTokenizeWorker, init, mix, phase, names, specs, jobs, work, executor,
+                                       "tokenize")
     parts = [r["part"] for r in records]
 
     ledger = Ledger()
@@ -286,35 +292,31 @@ def build_phase(
     return PhaseResult(phase.name, "built", manifest)
 
 
-def _tokenize_jobs(mix: MixtureSpec, phase: PhaseSpec, names: list[str], specs: dict[str, Any],
-                   jobs: list[dict[str, Any]], work: Path, executor: Executor,
-                   strict: bool) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Run the read (+ clean) + tokenize jobs; with build-wide dedup, in two passes around
-    the driver's duplicate resolution (see `zaya_data.clean.build`). Job records come back
-    in canonical (source, unit) order."""
-    from zaya_data.clean.build import CleanTokenizeWorker, needs_resolve, resolve_build_drops
+def _clean_jobs(worker: type, init: dict[str, Any], mix: MixtureSpec, phase: PhaseSpec, names: list[str],
+                specs: dict[str, Any], jobs: list[dict[str, Any]], work: Path, executor: Executor,
+                verb: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Run the read (+ clean) + tokenize (or render) jobs; with build-wide dedup, in two
+    passes around the driver's duplicate resolution (see `zaya_data.clean.build`). Job
+    records come back in canonical (source, unit) order."""
+    from zaya_data.clean.build import needs_resolve, resolve_build_drops
     from zaya_data.executor import RayExecutor
 
-    init: dict[str, Any] = dict(
-        tokenizer=mix.tokenizer.path, template=asdict(phase.template), context=phase.context, loss=phase.loss,
-        trim_window=phase.trim_window, strict=strict, clean=specs,
-        priorities={n: i for i, n in enumerate(mix.sources)},  # dedup survivors: earlier sources win
-    )
+    init = {**init, "clean": specs,
+            "priorities": {n: i for i, n in enumerate(mix.sources)}}  # dedup survivors: earlier sources win
 
     def ordered(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(recs, key=lambda r: (names.index(r["source"]), r["file_index"]))
 
     if not needs_resolve(specs):
-        recs = executor.map_jobs(CleanTokenizeWorker, {**init, "mode": "single"}, jobs, f"{phase.name}: tokenize")
+        recs = executor.map_jobs(worker, {**init, "mode": "single"}, jobs, f"{phase.name}: {verb}")
         return ordered(list(recs)), {}
     map_jobs = [{**j, "out": str(work / "clean" / Path(j["out"]).parent.name / Path(j["out"]).name)} for j in jobs]
-    mapped = ordered(list(executor.map_jobs(CleanTokenizeWorker, {**init, "mode": "map"}, map_jobs,
-                                            f"{phase.name}: clean")))
+    mapped = ordered(list(executor.map_jobs(worker, {**init, "mode": "map"}, map_jobs, f"{phase.name}: clean")))
     drops = work / "clean" / "drops.parquet"
     counts = resolve_build_drops(mapped, specs, drops, isinstance(executor, RayExecutor))
     tok_jobs = [{**j, "cleaned": m["out"]} for j, m in zip(jobs, map_jobs)]
-    recs = executor.map_jobs(CleanTokenizeWorker, {**init, "mode": "tokenize", "drops": str(drops)}, tok_jobs,
-                             f"{phase.name}: tokenize")
+    recs = executor.map_jobs(worker, {**init, "mode": "tokenize", "drops": str(drops)}, tok_jobs,
+                             f"{phase.name}: {verb}")
     return ordered(list(recs)), counts
 
 
@@ -345,7 +347,7 @@ def _clean_outputs(phase_dir: Path, records: list[dict[str, Any]], specs: dict[s
     return out
 
 
-def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, executor, seed, strict, command):
+def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, executor, seed, strict, command, specs):
     """RL phases: prompt sets chosen by weight over prompt counts, no tokens or packing."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -356,9 +358,16 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     from zaya_data.tasks import read_part
 
     jobs = group_jobs(mix, units, work)
-    records = list(executor.map_jobs(PromptWorker, dict(template=asdict(phase.template), strict=strict),
-                                     jobs, f"{phase.name}: prompts"))
-    records.sort(key=lambda r: (names.index(r["source"]), r["file_index"]))
+    init = dict(template=asdict(phase.template), strict=strict)
+    drop_counts: dict[str, int] = {}
+    if any(not s.is_noop for s in specs.values()):
+        from zaya_data.clean.build import CleanPromptWorker
+
+        records, drop_counts = _clean_jobs(CleanPromptWorker, init, mix, phase, names, specs, jobs, work, executor,
+                                           "prompts")
+    else:
+        records = list(executor.map_jobs(PromptWorker, init, jobs, f"{phase.name}: prompts"))
+        records.sort(key=lambda r: (names.index(r["source"]), r["file_index"]))
     ledger = Ledger()
     for r in records:
         ledger.merge(Ledger.from_dict(r["ledger"]))
@@ -410,7 +419,9 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     for j in jobs:
         for u in j["units"]:
             unit_paths.setdefault(u["source"], {})[u["file_index"]] = u["path"]
-    fate_info = write_fate_index(phase_dir, prompt_fates(names, tables, all_sels, key, unit_paths), [], names)
+    fate_info = write_fate_index(phase_dir, prompt_fates(names, tables, all_sels, key, unit_paths),
+                                 [f for r in records for f in r.get("fates", [])], names)
+    cleaning = _clean_outputs(phase_dir, records, specs, drop_counts)
     counts: dict[str, int] = {}
     for n in names:
         key_ = n if phase.weights_by == "source" else mix.sources[n].category
@@ -432,6 +443,8 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
                     "bytes": out.stat().st_size}],
         "ledger": "ledger.json", "records": fate_info,
     }
+    if cleaning:
+        manifest["cleaning"] = cleaning
     _remove_stale_temps(phase_dir)
     write_manifest(phase_dir, manifest)
     (phase_dir / ".zaya-build").unlink(missing_ok=True)
@@ -440,10 +453,13 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
 
 def dry_run(mix: MixtureSpec, phases: list[str]) -> list[dict[str, Any]]:
     """What a build would do, without reading records: files found and targets."""
+    from zaya_data.clean.build import phase_clean_specs
+
     out = []
     for p in phases:
         phase = mix.phases[p]
         names = phase_sources(phase, mix.sources)
+        phase_clean_specs(mix, phase, names)  # a bad clean: section fails the dry run too
         units = _units(mix, names)
         budget = phase.token_budget if phase.kind == "packed" else phase.prompt_budget
         # Without reading, category weights split evenly between a category's sources.

@@ -145,9 +145,16 @@ def phase_clean_specs(mix: Any, phase: Any, names: list[str]) -> dict[str, Clean
             src_node = root["sources"][n]
             spec = top.merged(src_node.get("clean"), where(src_node, "clean"))
             kind = mix.sources[n].kind
+            if not spec.is_noop and kind == "rollout_group":
+                raise ValueError(f"{spec.origin or where(src_node, 'clean')}: clean: source {n!r} is kind "
+                                 "'rollout_group'; cleaning applies to documents and reasoning samples")
             if spec.validate is not None and kind != "reasoning":
                 raise ValueError(f"{spec.origin or where(src_node, 'clean')}: clean.validate: source {n!r} is "
                                  f"kind {kind!r}; validation checks reasoning samples only")
+            if spec.language is not None and spec.language.model != "py3langid":
+                # a local model file, named relative to the mixture like every other path
+                model = expand_path(spec.language.model, base_dir)
+                spec = dataclasses.replace(spec, language=dataclasses.replace(spec.language, model=model))
             if spec.decontaminate is not None:
                 d = spec.decontaminate
                 benches = tuple(dataclasses.replace(b, path=expand_path(b.path, base_dir)) for b in d.benchmarks)
@@ -233,6 +240,16 @@ class CleanTokenizeWorker(TokenizeWorker):
         self._decontam: dict[Any, Any] = {}
         self._drops: pa.Table | None = None
 
+    final_schema = TOKENIZED
+
+    def _final(self, spec: Any, batch: pa.Table, ledger: Ledger) -> pa.Table:
+        """The step after cleaning: format + tokenize + trim."""
+        return self._stage(spec.kind)(batch, ledger)
+
+    @staticmethod
+    def _tokens(table: pa.Table) -> int:
+        return int(pc.sum(table["num_tokens"]).as_py() or 0)
+
     def _map(self, source: str) -> MapStages | None:
         spec = self.clean.get(source)
         if spec is None or spec.is_noop:
@@ -260,8 +277,7 @@ class CleanTokenizeWorker(TokenizeWorker):
         units = [_unit_from_dict(u) for u in job["units"]]
         stages = self._map(spec.name)
         tokenize = self.mode == "single"
-        stage = self._stage(spec.kind) if tokenize else None
-        schema = TOKENIZED if tokenize else SCHEMAS[spec.kind]
+        schema = self.final_schema if tokenize else SCHEMAS[spec.kind]
         t0 = time.perf_counter()
         read_total = emitted = rows = tokens = 0
         ledger = Ledger()
@@ -281,12 +297,12 @@ class CleanTokenizeWorker(TokenizeWorker):
                     if stages is not None:
                         batch = stages(batch, unit_ledger)
                     if tokenize:
-                        batch = stage(batch, unit_ledger)
+                        batch = self._final(spec, batch, unit_ledger)
                     if batch.num_rows:
                         writer.write_table(batch.cast(schema))
                         rows += batch.num_rows
                         if tokenize:
-                            tokens += int(pc.sum(batch["num_tokens"]).as_py() or 0)
+                            tokens += self._tokens(batch)
                         else:
                             kept_tables.append(batch.cast(schema))
                 read_total += read_ledger.total()
@@ -366,7 +382,6 @@ class CleanTokenizeWorker(TokenizeWorker):
         drops = self._drops
         if drops is not None:
             drops = drops.filter(pc.equal(drops["source"], spec.name))
-        stage = self._stage(spec.kind)
         t0 = time.perf_counter()
         ledger = Ledger.from_dict(mapped["ledger"])
         step = Ledger(log=[])
@@ -374,16 +389,16 @@ class CleanTokenizeWorker(TokenizeWorker):
         cleaned = read_arrow(job["cleaned"])
         tmp = tmp_path_for(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, TOKENIZED) as writer:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, self.final_schema) as writer:
             for lo in range(0, cleaned.num_rows, self.batch_size):
                 batch = cleaned.slice(lo, self.batch_size)
                 if drops is not None and drops.num_rows:
                     batch = apply_drop_list(batch, drops, step)
-                tok = stage(batch, step)
+                tok = self._final(spec, batch, step)
                 if tok.num_rows:
-                    writer.write_table(tok.cast(TOKENIZED))
+                    writer.write_table(tok.cast(self.final_schema))
                     rows += tok.num_rows
-                    tokens += int(pc.sum(tok["num_tokens"]).as_py() or 0)
+                    tokens += self._tokens(tok)
         atomic_replace(tmp, out)
         paths = {int(k): v for k, v in mapped["unit_paths"].items()}
         for examples in step.examples.values():
@@ -406,6 +421,49 @@ class CleanTokenizeWorker(TokenizeWorker):
         }
         atomic_write_text(out.with_suffix(".json"), json.dumps(record, sort_keys=True))
         return record
+
+
+class CleanPromptWorker(CleanTokenizeWorker):
+    """The job of an RL prompt phase with cleaning: the same read / clean / drop passes,
+    then the problems rendered as prompts (PROMPTS rows, as `tasks.PromptWorker` writes)."""
+
+    def __init__(self, template: dict[str, Any], strict: bool, clean: dict[str, CleanSpec] | None = None,
+                 mode: str = "single", drops: str | None = None, priorities: dict[str, int] | None = None,
+                 batch_size: int = 1024):
+        # no tokenizer is ever loaded: `_final` below replaces the tokenize stage
+        super().__init__("embedded", template, 1, "all", 0, strict, clean, mode, drops, priorities, batch_size)
+
+    @property
+    def final_schema(self) -> pa.Schema:  # type: ignore[override]
+        from zaya_data.tasks import PROMPTS
+
+        return PROMPTS
+
+    def _final(self, spec: Any, batch: pa.Table, ledger: Ledger) -> pa.Table:
+        from zaya_data.stages.template import render_prompt
+        from zaya_data.tasks import PROMPTS
+
+        n = batch.num_rows
+        if spec.kind == "reasoning":
+            problems = batch["prompt"]
+            # the sample's answer stands in for a missing reference (as PromptWorker does)
+            refs = pa.array([r if r is not None else a for r, a in zip(batch["reference_answer"].to_pylist(),
+                                                                        batch["answer"].to_pylist())], pa.string())
+        else:
+            problems = batch["text"]
+            refs = pa.nulls(n, pa.string())
+        probs = problems.to_pylist()
+        return pa.table({
+            "id": batch["id"], "source": pa.array([spec.name] * n, pa.string()),
+            "category": pa.array([spec.category] * n, pa.string()),
+            "file_index": batch["file_index"], "row_index": batch["row_index"],
+            "prompt": pa.array([render_prompt(p, self.cfg["template"]) for p in probs], pa.string()),
+            "problem": pa.array(probs, pa.string()), "reference_answer": refs,
+        }, schema=PROMPTS)
+
+    @staticmethod
+    def _tokens(table: pa.Table) -> int:
+        return 0
 
 
 # ---------------------------------------------------------------------------------------

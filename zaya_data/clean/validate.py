@@ -170,7 +170,10 @@ class Validator:
             flags = self.stats.get("answer_mismatch_flagged", 0)
             reason = self.check(r or "", a or "", refs[i])
             if reason:
-                ledger.reject(STAGE, reason, sources[i], location=where[i], record_id=ids[i])
+                detail = None
+                if reason == "answer_mismatch":  # say what disagreed: explain and the ledger show it
+                    detail = f"answer {extract_answer(a or '', self.spec.answer_pattern)!r}, reference {refs[i]!r}"
+                ledger.reject(STAGE, reason, sources[i], location=where[i], record_id=ids[i], detail=detail)
             else:
                 self._count("kept")
                 if self.stats.get("answer_mismatch_flagged", 0) > flags:

@@ -332,7 +332,8 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
     run = [k for k in cores if k <= ncpu]
     skipped = [k for k in cores if k > ncpu]
     print(f"# near-dedup scaling: {n} docs, {mb:.1f} MB text, {SCALE_CHUNKS} chunks, "
-          f"{SCALE_PARTITIONS} partitions, {ncpu} CPUs, python {platform.python_version()}")
+          f"{SCALE_PARTITIONS} partitions, {ncpu} CPUs, python {platform.python_version()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     if skipped:
         print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
     print("| cores | wall s | signatures s | resolve s | docs/s | MB/s | speedup | efficiency | drops |")
@@ -389,7 +390,8 @@ def run_comparison(args: argparse.Namespace, root: Path) -> None:
     shards, n_docs, n_bytes = build_corpus(root / "input", args.workers, args.scale)
     mb = n_bytes / 1e6
     print(f"# bench_clean: {n_docs} docs, {mb:.1f} MB text, {args.workers} workers, "
-          f"{os.cpu_count()} CPUs, python {platform.python_version()}, best of {args.repeat}")
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}, best of {args.repeat}, "
+          f"load average {os.getloadavg()[0]:.2f} (the machine may be shared: compare with the CPUs)")
     from loguru import logger  # datatrove logs every step at INFO; keep the report readable
 
     logger.remove()
@@ -404,6 +406,7 @@ def run_comparison(args: argparse.Namespace, root: Path) -> None:
             runs[eng].append(r)
             print(f"#   run {i + 1} {eng}: {r['wall']:.1f} s", flush=True)
             shutil.rmtree(work, ignore_errors=True)
+    print(f"# load average after the runs: {os.getloadavg()[0]:.2f}")
     dt = min(runs["datatrove"], key=lambda r: r["wall"])
     zaya = min(runs["zaya"], key=lambda r: r["wall"])
     print("| engine | wall s | stage 1: filters + signatures s | dedup s | after filters | kept | docs/s | MB/s |")

@@ -18,15 +18,19 @@ STAGE = "read"
 
 
 def map_record_batches(
-    spec: SourceSpec, mapper: Mapper, batches: Iterator[pa.RecordBatch | pa.Table], path: str,
+    spec: SourceSpec, mapper: Mapper, batches: Iterator[pa.RecordBatch | pa.Table | int], path: str,
     file_index: int, ledger: Ledger, batch_size: int, location: str = "row",
 ) -> Iterator[pa.Table]:
     """Map the rows of Arrow batches (Parquet, HF datasets) through `mapper`; rows are
-    numbered from 0 across the batches. Rejections name the file and "row N"."""
+    numbered from 0 across the batches (an int in `batches` skips that many rows that
+    could not be read). Rejections name the file and "row N"."""
     buf = RowBuffer(spec.kind, spec.name, spec.category, file_index, batch_size)
     limit = record_limit(spec.options)
     row = 0
     for batch in batches:
+        if isinstance(batch, int):
+            row += batch
+            continue
         records: list[dict[str, Any]] = batch.to_pylist()
         for rec in records:
             try:
@@ -58,15 +62,23 @@ def missing_columns(mapper: Mapper, names: list[str]) -> list[tuple[str, str]]:
 _DAMAGED = (pa.ArrowException, OSError)
 
 
-def _counted(batches: Iterator[pa.RecordBatch], seen: list[int], error: list[str]) -> Iterator[pa.RecordBatch]:
-    """`batches`, stopping at the first damaged row group; `seen[0]` counts rows
-    delivered and `error` receives what went wrong."""
-    try:
-        for b in batches:
-            seen[0] += b.num_rows
-            yield b
-    except _DAMAGED as e:
-        error.append(f"{type(e).__name__}: {e}")
+def _row_groups(pf: pq.ParquetFile, batch_size: int, lost: list[tuple[int, int, int, str]]
+                ) -> Iterator[pa.RecordBatch | int]:
+    """The file's batches, row group by row group; a damaged group yields the number of
+    its rows that could not be read (so row numbers stay file positions) and is noted in
+    `lost` as (group, first row, rows, error); the following groups are still read."""
+    first = 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        done = 0
+        try:
+            for b in pf.iter_batches(batch_size=batch_size, row_groups=[g]):
+                done += b.num_rows
+                yield b
+        except _DAMAGED as e:
+            lost.append((g, first + done, n - done, f"{type(e).__name__}: {e}"))
+            yield n - done
+        first += n
 
 
 def read_parquet(spec: SourceSpec, path: str, file_index: int, ledger: Ledger, batch_size: int) -> Iterator[pa.Table]:
@@ -91,13 +103,10 @@ def read_parquet(spec: SourceSpec, path: str, file_index: int, ledger: Ledger, b
             count=pf.metadata.num_rows,
         )
         return
-    seen, error = [0], []
-    yield from map_record_batches(
-        spec, mapper, _counted(pf.iter_batches(batch_size=batch_size), seen, error), path, file_index, ledger,
-        batch_size,
-    )
-    if error:
-        # The footer's row count says how many rows the damage cost.
-        lost = pf.metadata.num_rows - seen[0]
-        ledger.reject(STAGE, "corrupt_file", spec.name, file=path, location=f"rows {seen[0]}-{pf.metadata.num_rows - 1}",
-                      detail=f"{error[0]}; {seen[0]} rows were read, the remaining {lost} are lost", count=lost)
+    lost: list[tuple[int, int, int, str]] = []
+    yield from map_record_batches(spec, mapper, _row_groups(pf, batch_size, lost), path, file_index, ledger,
+                                  batch_size)
+    for g, first, n, error in lost:  # the footer says how many rows the damage cost
+        ledger.reject(STAGE, "corrupt_file", spec.name, file=path,
+                      location=f"row group {g} (rows {first}-{first + n - 1})",
+                      detail=f"{error}; these {n} rows cannot be read", count=n)

@@ -84,7 +84,7 @@ class SourceFates:
     ids: list[str]
     file_index: np.ndarray
     row_index: np.ndarray
-    files: list[str | None]
+    files: dict[int, str]  # file_index -> path
     tokens: np.ndarray | None  # None in prompt phases
     pieces: np.ndarray | None
     trimmed_tokens: np.ndarray | None
@@ -130,7 +130,7 @@ def packed_fates(names: list[str], items: dict[str, Any], sels: dict[str, Any], 
                    else np.zeros(0, np.int64))
         grow = use_row[block]
         out.append(SourceFates(
-            name=n, ids=it.rec_ids, file_index=fi, row_index=ri, files=[paths.get(int(f)) for f in fi],
+            name=n, ids=it.rec_ids, file_index=fi, row_index=ri, files=paths,
             tokens=it.rec_tokens, pieces=it.rec_count, trimmed_tokens=trimmed, kept_fate="packed",
             use_record=sel.records[sel_of_use], use_epoch=sel.epochs[sel_of_use],
             use_piece=it.piece[uses.item[block]], use_shard=grow // shard_rows, use_row=grow % shard_rows,
@@ -165,7 +165,7 @@ def prompt_fates(names: list[str], tables: dict[str, pa.Table], sels: dict[str, 
         fi = t["file_index"].to_numpy().astype(np.int64)
         out.append(SourceFates(
             name=n, ids=t["id"].to_pylist(), file_index=fi, row_index=t["row_index"].to_numpy().astype(np.int64),
-            files=[paths.get(n, {}).get(int(f)) for f in fi], tokens=None, pieces=None, trimmed_tokens=None,
+            files=paths.get(n, {}), tokens=None, pieces=None, trimmed_tokens=None,
             kept_fate="selected", use_record=sel.records, use_epoch=sel.epochs, use_piece=np.zeros(k, np.int64),
             use_shard=np.zeros(k, np.int64), use_row=pos[start:start + k], use_segment=np.zeros(k, np.int64),
         ))
@@ -190,14 +190,22 @@ def _source_table(sf: SourceFates, dropped: pa.Table, flagged: dict[tuple, str])
     def opt(a: np.ndarray | None, typ: pa.DataType) -> pa.Array:
         return pa.nulls(n, typ) if a is None else pa.array(a.astype(typ.to_pandas_dtype()), typ)
 
-    keys = list(zip([sf.name] * n, sf.file_index.tolist(), sf.row_index.tolist()))
+    # Vectorized: a source may hold hundreds of millions of records; Python touches only
+    # the few flagged ones and each distinct file once.
+    if flagged:
+        keys = zip([sf.name] * n, sf.file_index.tolist(), sf.row_index.tolist())
+        flags = pa.array([flagged.get(k) for k in keys], pa.string())
+    else:
+        flags = pa.nulls(n, pa.string())
+    uniq, inv = np.unique(sf.file_index, return_inverse=True)
+    files = pa.array([sf.files.get(int(f)) for f in uniq], pa.string()).take(pa.array(inv.astype(np.int64)))
+    fate = pc.if_else(pa.array(epochs > 0), pa.scalar(sf.kept_fate), pa.scalar("not_selected"))
     kept = pa.table({
-        "id": pa.array(sf.ids, pa.string()), "source": pa.array([sf.name] * n, pa.string()),
+        "id": pa.array(sf.ids, pa.string()), "source": pa.repeat(pa.scalar(sf.name), n),
         "file_index": pa.array(sf.file_index.astype(np.int32)), "row_index": pa.array(sf.row_index.astype(np.int64)),
-        "file": pa.array(sf.files, pa.string()),
-        "fate": pa.array(np.where(epochs > 0, sf.kept_fate, "not_selected").tolist(), pa.string()),
+        "file": files, "fate": fate,
         "stage": pa.nulls(n, pa.string()), "reason": pa.nulls(n, pa.string()), "detail": pa.nulls(n, pa.string()),
-        "flags": pa.array([flagged.get(k) for k in keys], pa.string()),
+        "flags": flags,
         "tokens": opt(sf.tokens, pa.int64()), "pieces": opt(sf.pieces, pa.int32()),
         "trimmed_tokens": opt(sf.trimmed_tokens, pa.int64()), "epochs": pa.array(epochs, pa.int32()),
         "placements": pa.ListArray.from_arrays(pa.array(offsets), struct),

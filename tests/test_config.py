@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from zaya_data.cli import main
 from zaya_data.config import ConfigError, load_mixture, parse_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +71,75 @@ def test_relative_paths_resolve_against_the_mixture_folder(tmp_path: Path) -> No
         ("    token_budget: 1.5M", "    token_budgte: 1.5M", 15, "phases.p.token_budgte"),
         ("    token_budget: 1.5M", "    token_budget: -3", 15, "phases.p.token_budget"),
         ("    category: code\n", "    category: code\n    split: halves\n", 12, "sources.b.split"),
+        # top level
+        ("name: t", "name: [t]", 1, "name"),
+        ("seed: 7", "seed: seven", 2, "seed"),
+        ("seed: 7", "seed: -1", 2, "seed"),
+        ("seed: 7", "seed: 7\ndescription: 5", 3, "description"),
+        ("seed: 7", "seed: 7\ntokenizer: 5", 3, "tokenizer"),
+        ("seed: 7", "seed: 7\ntemplate: 5", 3, "template"),
+        ("seed: 7", "seed: 7\ntemplate: {user: 5}", 3, "template.user"),
+        ("seed: 7", "seed: 7\ncolour: red", 3, "colour"),
+        # sources
+        ("  a:\n    path: data/*.jsonl\n    format: jsonl\n    category: math\n", "  a: 5\n", 4, "sources.a"),
+        ("    category: math", "    category: math\n    colour: red", 8, "sources.a.colour"),
+        ("    category: math", "    category: math\n    kind: essay", 8, "sources.a.kind"),
+        ("    category: math", "    category: [math]", 7, "sources.a.category"),
+        ("    path: data/*.jsonl\n    format: jsonl\n    category: math",
+         "    path: 5\n    format: jsonl\n    category: math", 5, "sources.a.path"),
+        ("    category: math", "    category: math\n    fields: [text]", 8, "sources.a.fields"),
+        ("    category: math", "    category: math\n    fields: {text: 5}", 8, "sources.a.fields.text"),
+        ("    category: math", "    category: math\n    fields: {text: 'a..b'}", 8, "sources.a.fields.text"),
+        ("    category: math", "    category: math\n    fields: {texxt: a}", 8, "sources.a.fields.texxt"),
+        ("    category: math", "    category: math\n    split: think", 8, "sources.a.split"),
+        ("    category: math", "    category: math\n    kind: reasoning\n    fields: {trace: t, answer: a}\n"
+         "    split: think", 9, "sources.a.fields"),
+        ("    category: math", "    category: math\n    options: 5", 8, "sources.a.options"),
+        ("    category: math", "    category: math\n    options: {meta: 3}", 8, "sources.a.options.meta"),
+        ("    category: math", "    category: math\n    options: {max_record_bytes: 0}", 8,
+         "sources.a.options.max_record_bytes"),
+        ("    format: jsonl\n    category: math", "    format: text\n    category: math\n    kind: reasoning", 8,
+         "sources.a.kind"),
+        ("    format: jsonl\n    category: math", "    format: text\n    category: math\n    options: {min_chars: 0}",
+         8, "sources.a.options.min_chars"),
+        ("    path: data/*.jsonl\n    format: jsonl\n    category: math",
+         "    format: reasoning_gym\n    category: math\n    options: {dataset: leg_counting, size: 0}", 7,
+         "sources.a.options.size"),
+        # phases
+        ("  p:\n    context: 128\n    token_budget: 1.5M\n    weights: {a: 3, b: 0}\n", "  p: 5\n", 13, "phases.p"),
+        ("    context: 128\n", "", 14, "phases.p.context"),
+        ("    context: 128", "    context: 8", 14, "phases.p.context"),
+        ("    context: 128", "    context: 128\n    kind: wrong", 15, "phases.p.kind"),
+        ("    token_budget: 1.5M", "    token_budget: lots", 15, "phases.p.token_budget"),
+        ("    context: 128", "    context: 128\n    prompt_budget: -1", 15, "phases.p.prompt_budget"),
+        ("    context: 128", "    context: 128\n    weights_by: file", 15, "phases.p.weights_by"),
+        ("    weights: {a: 3, b: 0}", "    weights: [a]", 16, "phases.p.weights"),
+        ("    weights: {a: 3, b: 0}", "    weights: {a: high, b: 0}", 16, "phases.p.weights.a"),
+        ("    weights: {a: 3, b: 0}", "    weights: {a: .nan, b: 1}", 16, "phases.p.weights.a"),
+        ("    weights: {a: 3, b: 0}", "    weights_by: category\n    weights: {math: 1, art: 1}", 17,
+         "phases.p.weights.art"),
+        ("    context: 128", "    context: 128\n    max_repetition: 0.5", 15, "phases.p.max_repetition"),
+        ("    context: 128", "    context: 128\n    max_repetition: many", 15, "phases.p.max_repetition"),
+        ("    context: 128", "    context: 128\n    max_repetition_per_source: 3", 15,
+         "phases.p.max_repetition_per_source"),
+        ("    context: 128", "    context: 128\n    max_repetition_per_source: {zz: 2}", 15,
+         "phases.p.max_repetition_per_source.zz"),
+        ("    context: 128", "    context: 128\n    max_repetition_per_source: {a: 0.5}", 15,
+         "phases.p.max_repetition_per_source.a"),
+        ("    context: 128", "    context: 128\n    loss: some", 15, "phases.p.loss"),
+        ("    context: 128", "    context: 128\n    trim_window: wide", 15, "phases.p.trim_window"),
+        ("    context: 128", "    context: 128\n    trim_window: -5", 15, "phases.p.trim_window"),
+        ("    context: 128", "    context: 128\n    shard_rows: 0", 15, "phases.p.shard_rows"),
+        ("    context: 128", "    context: 128\n    shard_rows: 1.5", 15, "phases.p.shard_rows"),
+        ("    context: 128", "    context: 128\n    rope_base: -1", 15, "phases.p.rope_base"),
+        ("    context: 128", "    context: 128\n    rope_base: big", 15, "phases.p.rope_base"),
+        ("    context: 128", "    context: 128\n    allow_shortfall: maybe", 15, "phases.p.allow_shortfall"),
+        ("    context: 128", "    context: 128\n    description: 5", 15, "phases.p.description"),
+        ("    context: 128", "    context: 128\n    template: 5", 15, "phases.p.template"),
+        ("    context: 128", "    context: 128\n    template: {bogus: x}", 15, "phases.p.template.bogus"),
+        ("    context: 128", "    context: 128\n    template: {add_bos: 1}", 15, "phases.p.template.add_bos"),
+        ("phases:\n  p:\n    context: 128\n    token_budget: 1.5M\n    weights: {a: 3, b: 0}\n", "phases: {}\n", 12,
+         "phases"),
     ],
 )
 def test_a_bad_key_or_value_is_named_with_file_and_line(tmp_path: Path, old: str, new: str, line: int, key: str) -> None:
@@ -79,6 +149,37 @@ def test_a_bad_key_or_value_is_named_with_file_and_line(tmp_path: Path, old: str
         load_mixture(p)
     msg = str(e.value)
     assert msg.startswith(f"{p}:{line}: {key}:"), msg
+
+
+def test_a_duplicate_key_is_named_with_file_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, GOOD.replace("    context: 128", "    context: 128\n    context: 256", 1))
+    with pytest.raises(ConfigError) as e:
+        load_mixture(p)
+    assert str(e.value) == f"{p}:15: duplicate key 'context'"
+
+
+def test_a_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, GOOD.replace("    context: 128", "    context: [128", 1))
+    with pytest.raises(ConfigError) as e:
+        load_mixture(p)
+    assert str(e.value).startswith(f"{p}:15: invalid YAML:"), str(e.value)
+
+
+def test_the_cli_exits_2_and_prints_file_line_and_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    p = write(tmp_path, GOOD.replace("    context: 128", "    context: 128\n    trim_window: -5", 1))
+    assert main(["build", str(p), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert f"{p}:15: phases.p.trim_window: must be >= 0 (tokens), got -5" in err
+
+
+def test_a_path_matching_no_file_names_source_file_line_and_path(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    # Paths are resolved when the build lists its files (a mixture may name corpora that
+    # only the build machine has), so this one is reported by `build`, also in --dry-run.
+    p = write(tmp_path, GOOD)
+    assert main(["build", str(p), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"source 'a' ({p}:6): path '{tmp_path / 'data' / '*.jsonl'}' matches no file" in err
 
 
 def test_missing_required_key_is_named(tmp_path: Path) -> None:

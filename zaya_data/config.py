@@ -133,9 +133,10 @@ _TOP_KEYS = {"name", "seed", "tokenizer", "template", "sources", "phases", "desc
 _TEMPLATE_KEYS = set(TemplateSpec.__dataclass_fields__)
 
 
-def _check_keys(ctx: _Ctx, node: Any, allowed: set[str], path: str) -> None:
+def _check_keys(ctx: _Ctx, node: Any, allowed: set[str], path: str, line: int | str = "?") -> None:
+    """`line`: where `node` is, for a node that is not a mapping (and so has no lines)."""
     if not isinstance(node, dict):
-        raise ConfigError(f"{ctx.file}:?: {path}: expected a mapping, got {type(node).__name__}")
+        raise ConfigError(f"{ctx.file}:{line}: {path}: expected a mapping, got {type(node).__name__}")
     for key in node:
         if key not in allowed:
             raise ctx.err(
@@ -145,24 +146,26 @@ def _check_keys(ctx: _Ctx, node: Any, allowed: set[str], path: str) -> None:
 
 
 def _get(ctx: _Ctx, node: dict, key: str, path: str, typ: type | tuple, default: Any = ...) -> Any:
+    """`path` is the node's own key path ("" for the top level)."""
+    full = f"{path}.{key}" if path else key
     if key not in node:
         if default is ...:
             line = node.line if isinstance(node, _LineDict) else "?"
-            raise ConfigError(f"{ctx.file}:{line}: {path}.{key}: required key is missing")
+            raise ConfigError(f"{ctx.file}:{line}: {full}: required key is missing")
         return default
     val = node[key]
     if typ is float and isinstance(val, int) and not isinstance(val, bool):
         val = float(val)
     if not isinstance(val, typ) or (isinstance(val, bool) and typ in (int, float)):
         tname = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-        raise ctx.err(node, key, f"{path}.{key}", f"expected {tname}, got {val!r}")
+        raise ctx.err(node, key, full, f"expected {tname}, got {val!r}")
     return val
 
 
-def _template(ctx: _Ctx, node: Any, path: str, base: TemplateSpec) -> TemplateSpec:
+def _template(ctx: _Ctx, node: Any, path: str, base: TemplateSpec, line: int | str = "?") -> TemplateSpec:
     if node is None:
         return base
-    _check_keys(ctx, node, _TEMPLATE_KEYS, path)
+    _check_keys(ctx, node, _TEMPLATE_KEYS, path, line)
     kwargs = {}
     for key, val in node.items():
         want = bool if key.startswith("add_") else str
@@ -173,9 +176,9 @@ def _template(ctx: _Ctx, node: Any, path: str, base: TemplateSpec) -> TemplateSp
     return TemplateSpec(**fields)
 
 
-def _source(ctx: _Ctx, name: str, node: Any, base_dir: Path) -> SourceSpec:
+def _source(ctx: _Ctx, name: str, node: Any, base_dir: Path, line: int | str = "?") -> SourceSpec:
     path = f"sources.{name}"
-    _check_keys(ctx, node, _SOURCE_KEYS, path)
+    _check_keys(ctx, node, _SOURCE_KEYS, path, line)
     fmt = _get(ctx, node, "format", path, str)
     if fmt not in FORMATS:
         raise ctx.err(node, "format", f"{path}.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -205,15 +208,60 @@ def _source(ctx: _Ctx, name: str, node: Any, base_dir: Path) -> SourceSpec:
     options = dict(_get(ctx, node, "options", path, dict, {}))
     if fmt == "reasoning_gym" and "dataset" not in options:
         raise ctx.err(node, "options", f"{path}.options.dataset", "reasoning_gym sources need options.dataset")
-    return SourceSpec(
+    spec = SourceSpec(
         name=name, paths=paths, format=fmt, kind=kind, category=category,
         fields=dict(fields), split=split, options=options, origin=ctx.where(node, "format"),
     )
+    _check_mapping(ctx, node, path, spec)
+    return spec
 
 
-def _phase(ctx: _Ctx, name: str, node: Any, template: TemplateSpec, sources: dict[str, SourceSpec]) -> PhaseSpec:
+_OPTION_IN_MESSAGE = re.compile(r"options\.([A-Za-z_]+)")
+
+
+def _check_mapping(ctx: _Ctx, node: _LineDict, path: str, spec: SourceSpec) -> None:
+    """The readers' rules for fields, split and options, checked now rather than at
+    build time, each error at the key it is about."""
+    from zaya_data.readers import _check_spec
+    from zaya_data.readers.fieldmap import ALLOWED, parse_expression
+
+    fields = node.get("fields") or {}
+    if spec.format != "text":
+        for key, expr in fields.items():
+            if key not in ALLOWED[spec.kind]:
+                raise ctx.err(fields, key, f"{path}.fields.{key}", f"not a canonical field of kind {spec.kind!r} "
+                              f"(allowed: {', '.join(sorted(ALLOWED[spec.kind]))})")
+            try:
+                parse_expression(expr)
+            except ValueError as e:
+                raise ctx.err(fields, key, f"{path}.fields.{key}", str(e)) from None
+    try:
+        _check_spec(spec)
+        if spec.format == "reasoning_gym":
+            from zaya_data.readers.reasoning_gym import gym_options
+
+            gym_options(spec)
+    except ValueError as e:
+        msg = str(e).removeprefix(f"source {spec.name!r} ({spec.origin}): ")
+        opt = _OPTION_IN_MESSAGE.search(msg)
+        options = node.get("options")
+        if opt and isinstance(options, _LineDict) and opt.group(1) in options:
+            raise ctx.err(options, opt.group(1), f"{path}.options.{opt.group(1)}", msg) from None
+        if opt:
+            raise ctx.err(node, "options", f"{path}.options", msg) from None
+        if spec.format == "text" and "kind" in msg:
+            raise ctx.err(node, "kind", f"{path}.kind", msg) from None
+        # Mapping rules across fields (messages vs trace vs split): name the split when
+        # the message is about it, else the fields.
+        key = "split" if "split" in msg and "split" in node else "fields"
+        raise ctx.err(node, key, f"{path}.{key}", msg) from None
+
+
+def _phase(ctx: _Ctx, name: str, node: Any, template: TemplateSpec, sources: dict[str, SourceSpec],
+           line: int | str = "?") -> PhaseSpec:
     path = f"phases.{name}"
-    _check_keys(ctx, node, _PHASE_KEYS, path)
+    _check_keys(ctx, node, _PHASE_KEYS, path, line)
+    _get(ctx, node, "description", path, str, None)
     kind = _get(ctx, node, "kind", path, str, "packed")
     if kind not in ("packed", "prompts"):
         raise ctx.err(node, "kind", f"{path}.kind", f"must be 'packed' or 'prompts', got {kind!r}")
@@ -263,6 +311,8 @@ def _phase(ctx: _Ctx, name: str, node: Any, template: TemplateSpec, sources: dic
     if loss not in ("all", "assistant"):
         raise ctx.err(node, "loss", f"{path}.loss", f"must be 'all' or 'assistant', got {loss!r}")
     trim_window = _get(ctx, node, "trim_window", path, int, 64)
+    if trim_window < 0:
+        raise ctx.err(node, "trim_window", f"{path}.trim_window", f"must be >= 0 (tokens), got {trim_window}")
     shard_rows = _get(ctx, node, "shard_rows", path, int, 1024)
     if shard_rows < 1:
         raise ctx.err(node, "shard_rows", f"{path}.shard_rows", "must be >= 1")
@@ -277,7 +327,8 @@ def _phase(ctx: _Ctx, name: str, node: Any, template: TemplateSpec, sources: dic
         max_repetition=max_rep,
         max_repetition_per_source={k: float(v) for k, v in per_src.items()},
         allow_shortfall=_get(ctx, node, "allow_shortfall", path, bool, False),
-        loss=loss, template=_template(ctx, node.get("template"), f"{path}.template", template),
+        loss=loss, template=_template(ctx, node.get("template"), f"{path}.template", template,
+                                      node.lines.get("template", "?")),
         trim_window=trim_window, shard_rows=shard_rows, origin=ctx.where(node, "kind"),
     )
 
@@ -297,26 +348,32 @@ def load_mixture(path: str | Path) -> MixtureSpec:
         finally:
             loader.dispose()
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {e}") from None
     if not isinstance(root, dict):
         raise ConfigError(f"{path}:1: the mixture file must be a mapping with 'sources' and 'phases'")
     _check_keys(ctx, root, _TOP_KEYS, "")
     base_dir = path.resolve().parent
-    seed = _get(ctx, root, "seed", "<top>", int, 0)
-    tok = _get(ctx, root, "tokenizer", "<top>", str, "embedded")
+    seed = _get(ctx, root, "seed", "", int, 0)
+    if seed < 0:  # numpy's generators take non-negative seeds only
+        raise ctx.err(root, "seed", "seed", f"must be >= 0, got {seed}")
+    name = _get(ctx, root, "name", "", str, path.stem)
+    _get(ctx, root, "description", "", str, None)
+    tok = _get(ctx, root, "tokenizer", "", str, "embedded")
     if tok != "embedded":
         try:
             tok = expand_path(tok, base_dir)
         except ValueError as e:
             raise ctx.err(root, "tokenizer", "tokenizer", str(e)) from None
-    template = _template(ctx, root.get("template"), "template", TemplateSpec())
-    src_node = _get(ctx, root, "sources", "<top>", dict)
-    sources = {str(n): _source(ctx, str(n), v, base_dir) for n, v in src_node.items()}
-    ph_node = _get(ctx, root, "phases", "<top>", dict)
+    template = _template(ctx, root.get("template"), "template", TemplateSpec(), root.lines.get("template", "?"))
+    src_node = _get(ctx, root, "sources", "", dict)
+    sources = {str(n): _source(ctx, str(n), v, base_dir, src_node.lines[n]) for n, v in src_node.items()}
+    ph_node = _get(ctx, root, "phases", "", dict)
     if not ph_node:
         raise ctx.err(root, "phases", "phases", "at least one phase is required")
-    phases = {str(n): _phase(ctx, str(n), v, template, sources) for n, v in ph_node.items()}
+    phases = {str(n): _phase(ctx, str(n), v, template, sources, ph_node.lines[n]) for n, v in ph_node.items()}
     return MixtureSpec(
-        name=str(root.get("name", path.stem)), path=path.resolve(), seed=seed,
+        name=name, path=path.resolve(), seed=seed,
         tokenizer=TokenizerSpec(tok), sources=sources, phases=phases, raw_text=text,
     )

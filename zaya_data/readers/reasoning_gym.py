@@ -18,7 +18,7 @@ from zaya_data.specs import SourceSpec
 
 STAGE = "read"
 # Options the reader itself consumes; any other option goes to create_dataset.
-_OWN = ("dataset", "size", "seed", "chunk", "meta")
+_OWN = ("dataset", "size", "seed", "chunk", "meta", "max_record_bytes")
 DEFAULT_SIZE = 1000
 DEFAULT_SEED = 0
 

@@ -35,6 +35,7 @@ class Cluster:
     address: str
     env: dict[str, str]
     logs: list[Path]
+    builds: int = 0  # builds run on it so far (each is one Ray job)
 
 
 def _free_port() -> int:
@@ -140,9 +141,11 @@ import ray
 from ray._private import state
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
 alive = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-workers = sorted({a["Address"]["NodeID"] for a in state.actors().values()
-                  if a["ActorClassName"].startswith("MapWorker(") and "_RayAdapter" in a["ActorClassName"]})
-print(json.dumps({"alive": alive, "worker_nodes": workers}))
+jobs = {}
+for a in state.actors().values():
+    if a["ActorClassName"].startswith("MapWorker(") and "_RayAdapter" in a["ActorClassName"]:
+        jobs.setdefault(a["JobID"], set()).add(a["Address"]["NodeID"])
+print(json.dumps({"alive": alive, "jobs": {j: sorted(n) for j, n in jobs.items()}}))
 """
 
 
@@ -150,24 +153,30 @@ def _phase_files(phase_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(phase_dir.iterdir())}
 
 
-def test_a_two_node_cluster_build_equals_the_in_process_build(cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["--ray-address", "RAY_ADDRESS"])
+def test_a_two_node_cluster_build_equals_the_in_process_build(cluster: Cluster, tmp_path: Path, how: str) -> None:
     mix = _mixture(tmp_path)
     local, remote = tmp_path / "local", tmp_path / "remote"
     assert main(["build", str(mix), "--out", str(local), "--quiet", "--no-ray"]) == 0
-    run = subprocess.run(
-        [sys.executable, "-m", "zaya_data.cli", "build", str(mix), "--out", str(remote), "--quiet",
-         "--ray-address", cluster.address],
-        env=cluster.env, capture_output=True, text=True, timeout=300,
-    )
+    cmd = [sys.executable, "-m", "zaya_data.cli", "build", str(mix), "--out", str(remote), "--quiet"]
+    env = dict(cluster.env)
+    if how == "--ray-address":
+        cmd += ["--ray-address", cluster.address]
+    else:  # how a process on a cluster node is usually told where its cluster is
+        env["RAY_ADDRESS"] = cluster.address
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    cluster.builds += 1
 
     where = subprocess.run([sys.executable, "-c", _WHERE_WORKERS_RAN, cluster.address],
                            env=cluster.env, capture_output=True, text=True, timeout=120)
     assert where.returncode == 0, where.stderr[-3000:]
     nodes = json.loads(where.stdout.strip().splitlines()[-1])
     assert len(nodes["alive"]) == 2
-    # One CPU per node and one CPU per worker: the pool of two had to use both nodes.
-    assert nodes["worker_nodes"] == nodes["alive"]
+    # Every build so far ran as one job of this cluster (not on a private instance), and
+    # with one CPU per node and one per worker, its pool of two had to use both nodes.
+    assert len(nodes["jobs"]) == cluster.builds
+    assert all(n == nodes["alive"] for n in nodes["jobs"].values()), nodes
 
     want, got = _phase_files(local / "p"), _phase_files(remote / "p")
     shards = [n for n in want if n.startswith("shard-")]
@@ -176,8 +185,8 @@ def test_a_two_node_cluster_build_equals_the_in_process_build(cluster: Cluster, 
     for name in [*shards, "ledger.json"]:
         assert got[name] == want[name], name
     m_local, m_remote = (json.loads(x["manifest.json"]) for x in (want, got))
-    # The manifest records the command line, which names --out and --ray-address.
-    assert m_remote.pop("created_by_command").endswith(f"--ray-address {cluster.address}")
+    # The manifest records the command line, which names --out (and --ray-address).
+    assert m_remote.pop("created_by_command") == " ".join(["zaya-data", *cmd[3:]])
     m_local.pop("created_by_command")
     assert m_remote == m_local
     assert main(["verify", str(remote / "p")]) == 0

@@ -82,6 +82,9 @@ class RayExecutor:
     """Schedules jobs on Ray Data: a local instance by default, or a cluster address."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, progress: bool = True):
+        # RAY_ADDRESS is how Ray tells a process on a cluster node where its cluster is;
+        # ray.init would read it anyway, and then refuse the local instance's num_cpus.
+        address = address or os.environ.get("RAY_ADDRESS") or None
         if not address:
             _local_ray_on_loopback()
         import ray

@@ -164,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("phase_dir")
     em.add_argument("out_prefix", help="output path prefix (writes PREFIX.bin and PREFIX.idx)")
     em.set_defaults(func=cmd_export)
-    __import__("zaya_data.cli_explain").cli_explain.register(sub)
+    # The other commands live beside their code and add themselves.
+    from zaya_data import cli_audit, cli_explain, cli_rsa
+
+    cli_audit.register(sub)
+    cli_rsa.register(sub)
+    cli_explain.register(sub)
     return p
 
 

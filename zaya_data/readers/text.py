@@ -32,8 +32,9 @@ def check_text_spec(spec: SourceSpec) -> None:
 
 def read_text(spec: SourceSpec, path: str, file_index: int, ledger: Ledger, batch_size: int) -> Iterator[pa.Table]:
     """One row (row_index 0) for the file, or one rejection: `record_too_large` (over
-    options.max_record_bytes), `invalid_utf8` (the file is not UTF-8), `empty_field` (empty or whitespace only), `too_short` (fewer than
-    options.min_chars characters), `nul_byte` (a binary file)."""
+    options.max_record_bytes), `invalid_utf8` (the file is not UTF-8), `empty_field`
+    (empty or whitespace only), `too_short` (fewer than options.min_chars characters),
+    `nul_byte` (a binary file)."""
     check_text_spec(spec)
     min_chars: int = spec.options.get("min_chars", 1)
     encoding = str(spec.options.get("encoding", "utf-8"))

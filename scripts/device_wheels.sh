@@ -17,7 +17,7 @@ dl=$(mktemp -d)
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-  -d "$dl" "ray[data]==2.60.0" "datatrove==0.10.1" orjson rich pyyaml math-verify 2>&1 \
+  -d "$dl" "ray[data]==2.60.0" "datatrove==0.10.1" orjson rich pyyaml math-verify xxhash 2>&1 \
   | grep -v "WARNING: Location" || true
 # Present on the device image (KINDS.md): not carried. (zstandard is left out for room:
 # the readers import it only for .zst files.)

@@ -37,7 +37,7 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
   python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
 } | tee "$R/machine.txt"
 
-declare -A LIMIT=([model]=150 [kernels]=200 [engine]=300 [rsa]=180 [scaling]=330 [clean]=200)
+declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [rsa]=${RSA_LIMIT:-100} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
 run_step() {  # name, command...
   local name=$1; shift
   local s=$(date +%s)
@@ -49,10 +49,12 @@ for step in ${STEPS:-model kernels rsa}; do
   case $step in
     model)   run_step model env ZAYA_GPU_RESULTS="$R/model-gpu.json" python3 -m pytest -q -s -p no:cacheprovider --noconftest tests/test_model_gpu.py ;;
     kernels) run_step kernels env OUT="$R/kernels" bash scripts/gpu_kernels.sh --quick ;;
-    engine)  run_step engine env OUT="$R/engine" bash scripts/gpu_engine.sh ;;
-    rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" ;;
-    scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-160}" --workers 16 --scaling 1,2,4,8,16 ;;
-    clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 ;;
+    engine)  run_step engine env OUT="$R/engine" ENGINE_TEST_TIMEOUT=130 ENGINE_BENCH_TIMEOUT=150 \
+               bash scripts/gpu_engine.sh --time-budget 110 ;;
+    rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \
+               --max-new-tokens 128 --baseline-prompts 2 --baseline-batch-size 2 ;;
+    scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-32}" --workers 16 --scaling 1,2,4,8,16 ;;
+    clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" ;;
     *) echo "unknown step $step" >>"$R/steps.txt" ;;
   esac
   # keep what came back so far, in case a later step outlives the call

@@ -17,10 +17,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 } 2>&1 | tee "$OUT/gpu.txt"
 # --noconftest: the project conftest may import pipeline dependencies the GPU image lacks.
 ZAYA_ENGINE_GPU_RESULTS="$OUT/engine-gpu-tests.json" \
-  timeout 240 python3 -m pytest -q -s -m gpu --noconftest -p no:cacheprovider tests/test_engine_gpu.py 2>&1 \
+  timeout "${ENGINE_TEST_TIMEOUT:-240}" python3 -m pytest -q -s -m gpu --noconftest -p no:cacheprovider tests/test_engine_gpu.py 2>&1 \
   | tee "$OUT/pytest.log"
 test_rc=${PIPESTATUS[0]}
-timeout 320 python3 scripts/bench_engine.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
+timeout "${ENGINE_BENCH_TIMEOUT:-320}" python3 scripts/bench_engine.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
 echo
 echo "== engine GPU tests (tail) =="

@@ -216,3 +216,75 @@ def test_zaya1_mixture_carries_the_reports_phase_facts(monkeypatch: pytest.Monke
     assert p["rl_general"].kind == p["rl_code"].kind == "prompts"
     assert p["rl_code"].weights["code_standard"] > p["rl_general"].weights["code_standard"]
     assert mix.sources["cot_math"].paths == ("/corpora/cot/math/**/*.parquet",)
+
+
+CLEANED = """\
+name: c
+clean:
+  exact_dedup: true
+  quality: {c4: true}
+sources:
+  a:
+    path: data/*.jsonl
+    format: jsonl
+    category: math
+    clean:
+      quality: {fineweb: true}
+  b:
+    path: data/*.jsonl
+    format: jsonl
+    category: code
+  r:
+    path: data/*.parquet
+    format: parquet
+    kind: rollout_group
+    category: rsa
+phases:
+  p:
+    context: 128
+    token_budget: 1M
+    weights: {a: 1, b: 1}
+    clean:
+      decontaminate:
+        benchmarks:
+          - {name: aime, path: bench/aime.jsonl}
+  q:
+    context: 128
+    token_budget: 1M
+    weights: {b: 1}
+"""
+
+
+def test_clean_sections_are_merged_onto_each_phase(tmp_path: Path) -> None:
+    mix = load_mixture(write(tmp_path, CLEANED))
+    assert mix.clean is not None and mix.clean.exact_dedup and [n for n, _ in mix.clean.quality] == ["c4"]
+    p, q = mix.phases["p"].clean, mix.phases["q"].clean
+    # only the sources taking part; the rollout group `r` is in no phase, so not an error
+    assert sorted(p) == ["a", "b"] and sorted(q) == ["b"]
+    assert [n for n, _ in p["a"].quality] == ["fineweb"] and [n for n, _ in p["b"].quality] == ["c4"]
+    assert p["a"].exact_dedup and p["b"].exact_dedup and q["b"].exact_dedup
+    # the phase's benchmark resolves against the mixture's folder, like source paths
+    assert [b.path for b in p["a"].decontaminate.benchmarks] == [str(tmp_path / "bench" / "aime.jsonl")]
+    assert q["b"].decontaminate is None
+    assert p["a"].origin == f"{tmp_path / 'mix.yaml'}:10" and q["b"].origin == f"{tmp_path / 'mix.yaml'}:2"
+
+
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        ("  exact_dedup: true\n", "  exact_dedup: yes please\n", ":2: clean.exact_dedup: expected true or false"),
+        ("      quality: {fineweb: true}", "      quality: {finweb: true}", ":10: clean.quality.finweb: unknown key"),
+        ("path: bench/aime.jsonl}", "path: '${ZAYA_NO_SUCH_VAR}/aime.jsonl'}",
+         ":26: clean.decontaminate.benchmarks[0].path: environment variable ${ZAYA_NO_SUCH_VAR} is not set"),
+        ("    weights: {b: 1}\n", "    weights: {code: 1, rsa: 1}\n    weights_by: category\n",
+         ":2: clean: source 'r' is kind 'rollout_group'; cleaning applies to documents"),
+        ("      quality: {fineweb: true}", "      validate: true",
+         ":10: clean.validate: source 'a' is kind 'document'; validation checks reasoning samples only"),
+    ],
+)
+def test_bad_clean_sections_name_file_line_and_key(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in CLEANED
+    p = write(tmp_path, CLEANED.replace(old, new))
+    with pytest.raises(ConfigError) as exc:
+        load_mixture(p)
+    assert str(exc.value).startswith(f"{p}:") and message in str(exc.value)

@@ -7,12 +7,13 @@ documented in docs/mixtures.md; this module is its only parser.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
 import sysconfig
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,6 +27,9 @@ from zaya_data.specs import (
     TemplateSpec,
     TokenizerSpec,
 )
+
+if TYPE_CHECKING:
+    from zaya_data.clean.config import CleanSpec
 
 
 class ConfigError(ValueError):
@@ -333,6 +337,48 @@ def _phase(ctx: _Ctx, name: str, node: Any, template: TemplateSpec, sources: dic
     )
 
 
+def _clean_sections(ctx: _Ctx, root: _LineDict, phases: dict[str, PhaseSpec], sources: dict[str, SourceSpec],
+                    base_dir: Path) -> tuple[CleanSpec, dict[str, PhaseSpec]]:
+    """Parse the `clean:` sections and merge them top level -> phase -> source for every
+    source taking part in each phase; the phases come back carrying their merged specs.
+
+    Each section is parsed where it is written, so an error names that section's line, and
+    its paths (benchmarks, a language model file) resolve like source paths. Only sources
+    that take part in a phase are checked against it: a rollout group that no cleaned
+    phase reads is not an error."""
+    from zaya_data.clean.config import CleanSpec, parse_clean
+    from zaya_data.mixing import phase_sources
+
+    def resolve(p: str) -> str:
+        return expand_path(p, base_dir)
+
+    phase_nodes = {str(k): v for k, v in root["phases"].items()}
+    source_nodes = {str(k): v for k, v in root["sources"].items()}
+    try:
+        top = parse_clean(root.get("clean"), ctx.where(root, "clean"), resolve)
+        out: dict[str, PhaseSpec] = {}
+        for pname, phase in phases.items():
+            ph_node = phase_nodes[pname]
+            ph_top = top.merged(ph_node.get("clean"), ctx.where(ph_node, "clean"), resolve)
+            merged: dict[str, CleanSpec] = {}
+            for n in phase_sources(phase, sources):
+                src_node = source_nodes[n]
+                spec = ph_top.merged(src_node.get("clean"), ctx.where(src_node, "clean"), resolve)
+                kind = sources[n].kind
+                where = spec.origin or ctx.where(src_node, "clean")
+                if not spec.is_noop and kind == "rollout_group":
+                    raise ValueError(f"{where}: clean: source {n!r} is kind 'rollout_group'; cleaning applies to "
+                                     "documents and reasoning samples")
+                if spec.validate is not None and kind != "reasoning":
+                    raise ValueError(f"{where}: clean.validate: source {n!r} is kind {kind!r}; validation checks "
+                                     "reasoning samples only")
+                merged[n] = spec
+            out[pname] = dataclasses.replace(phase, clean=merged)
+    except ValueError as e:  # the cleaning parser's messages already start with file:line
+        raise ConfigError(str(e)) from None
+    return top, out
+
+
 def load_mixture(path: str | Path) -> MixtureSpec:
     """Parse and validate a mixture file. Every error names the file, line and key."""
     path = Path(path)
@@ -373,7 +419,8 @@ def load_mixture(path: str | Path) -> MixtureSpec:
     if not ph_node:
         raise ctx.err(root, "phases", "phases", "at least one phase is required")
     phases = {str(n): _phase(ctx, str(n), v, template, sources, ph_node.lines[n]) for n, v in ph_node.items()}
+    clean, phases = _clean_sections(ctx, root, phases, sources, base_dir)
     return MixtureSpec(
         name=name, path=path.resolve(), seed=seed,
-        tokenizer=TokenizerSpec(tok), sources=sources, phases=phases, raw_text=text,
+        tokenizer=TokenizerSpec(tok), sources=sources, phases=phases, raw_text=text, clean=clean,
     )

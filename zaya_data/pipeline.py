@@ -50,7 +50,8 @@ def phase_config(mix: MixtureSpec, phase: PhaseSpec, seed: int, tokenizer_sha: s
     names = phase_sources(phase, mix.sources)
     return {
         "mixture": mix.name,
-        "phase": {k: v for k, v in asdict(phase).items() if k != "origin"},
+        # `clean` enters the hash separately (build_phase), only when cleaning is on
+        "phase": {k: v for k, v in asdict(phase).items() if k not in ("origin", "clean")},
         "sources": {n: {k: v for k, v in source_to_dict(mix.sources[n]).items() if k != "origin"} for n in names},
         "tokenizer": {"path": mix.tokenizer.path, "sha256": tokenizer_sha},
         "seed": seed,
@@ -157,7 +158,7 @@ def build_phase(
 
     tok = load_tokenizer(mix.tokenizer.path)
     cfg = phase_config(mix, phase, seed, tok.sha256)
-    specs = phase_clean_specs(mix, phase, phase_sources(phase, mix.sources))
+    specs = phase_clean_specs(phase, phase_sources(phase, mix.sources))
     if any(not s.is_noop for s in specs.values()):
         # only when cleaning is on, so the hashes (and work folders) of other builds stay
         cfg["clean"] = clean_config(specs)
@@ -453,13 +454,10 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
 
 def dry_run(mix: MixtureSpec, phases: list[str]) -> list[dict[str, Any]]:
     """What a build would do, without reading records: files found and targets."""
-    from zaya_data.clean.build import phase_clean_specs
-
     out = []
-    for p in phases:
+    for p in phases:  # a bad clean: section already failed at load (zaya_data.config)
         phase = mix.phases[p]
         names = phase_sources(phase, mix.sources)
-        phase_clean_specs(mix, phase, names)  # a bad clean: section fails the dry run too
         units = _units(mix, names)
         budget = phase.token_budget if phase.kind == "packed" else phase.prompt_budget
         # Without reading, category weights split evenly between a category's sources.

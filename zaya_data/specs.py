@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the cleaning package is imported only where cleaning is parsed or run
+    from zaya_data.clean.config import CleanSpec
 
 FORMATS = ("jsonl", "parquet", "hf", "text", "reasoning_gym")
 KINDS = ("document", "reasoning", "rollout_group")
@@ -70,6 +73,11 @@ class PhaseSpec:
     trim_window: int = 64  # tokens searched back for a line/sentence boundary
     shard_rows: int = 1024  # packed rows per shard file
     origin: str = ""
+    # The merged `clean:` settings (top level -> this phase -> the source) of every source
+    # taking part in the phase; a source not named is not cleaned. Paths in them are
+    # already resolved. Not part of the phase's config hash as such: the pipeline hashes
+    # them separately, and only when cleaning is on (`clean.build.clean_config`).
+    clean: dict[str, CleanSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,3 +94,4 @@ class MixtureSpec:
     sources: dict[str, SourceSpec]
     phases: dict[str, PhaseSpec]
     raw_text: str = ""  # the file as read, hashed into the manifest
+    clean: CleanSpec | None = None  # the top-level `clean:` section (phases carry the merged ones)

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zaya_data.clean.config import CleanSpec, parse_clean
+from zaya_data.clean.config import CleanSpec
 from zaya_data.io import atomic_replace, atomic_write_text, tmp_path_for
 from zaya_data.ledger import Ledger, Rejection
 from zaya_data.schema import SCHEMAS, TOKENIZED
@@ -111,58 +111,14 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# specs: top-level `clean:`, then the phase's, then the source's
+# specs: top-level `clean:`, then the phase's, then the source's (merged at load)
 
 
-def phase_clean_specs(mix: Any, phase: Any, names: list[str]) -> dict[str, CleanSpec]:
+def phase_clean_specs(phase: Any, names: list[str]) -> dict[str, CleanSpec]:
     """The merged CleanSpec of every source of `phase` (top-level section, overridden key
-    by key by the phase's, then by the source's). Benchmark paths are resolved against
-    the mixture file's folder, like source paths. Errors name file and line."""
-    from zaya_data.config import ConfigError, _LineDict, _LineLoader, expand_path
-
-    if not mix.raw_text:
-        return {n: CleanSpec() for n in names}
-    # The mixture parser validated the file and accepts the `clean` keys; the sections
-    # are parsed here, by the cleaning package that owns their meaning.
-    loader = _LineLoader(mix.raw_text)
-    loader.name = str(mix.path)
-    try:
-        root = loader.get_single_data()
-    finally:
-        loader.dispose()
-
-    def where(node: Any, key: str) -> str:
-        line = node.lines.get(key, "?") if isinstance(node, _LineDict) else "?"
-        return f"{mix.path}:{line}"
-
-    base_dir = Path(mix.path).parent
-    try:
-        top = parse_clean(root.get("clean"), where(root, "clean"))
-        ph_node = root["phases"][phase.name]
-        top = top.merged(ph_node.get("clean"), where(ph_node, "clean"))
-        out = {}
-        for n in names:
-            src_node = root["sources"][n]
-            spec = top.merged(src_node.get("clean"), where(src_node, "clean"))
-            kind = mix.sources[n].kind
-            if not spec.is_noop and kind == "rollout_group":
-                raise ValueError(f"{spec.origin or where(src_node, 'clean')}: clean: source {n!r} is kind "
-                                 "'rollout_group'; cleaning applies to documents and reasoning samples")
-            if spec.validate is not None and kind != "reasoning":
-                raise ValueError(f"{spec.origin or where(src_node, 'clean')}: clean.validate: source {n!r} is "
-                                 f"kind {kind!r}; validation checks reasoning samples only")
-            if spec.language is not None and spec.language.model != "py3langid":
-                # a local model file, named relative to the mixture like every other path
-                model = expand_path(spec.language.model, base_dir)
-                spec = dataclasses.replace(spec, language=dataclasses.replace(spec.language, model=model))
-            if spec.decontaminate is not None:
-                d = spec.decontaminate
-                benches = tuple(dataclasses.replace(b, path=expand_path(b.path, base_dir)) for b in d.benchmarks)
-                spec = dataclasses.replace(spec, decontaminate=dataclasses.replace(d, benchmarks=benches))
-            out[n] = spec
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return out
+    by key by the phase's, then by the source's), as the mixture loader parsed them onto
+    the phase (`zaya_data.config`); a source without one is not cleaned."""
+    return {n: phase.clean.get(n) or CleanSpec() for n in names}
 
 
 def _sha256(path: str) -> str:

@@ -129,18 +129,34 @@ class CleanSpec:
     def is_noop(self) -> bool:
         return self == CleanSpec()
 
-    def merged(self, override: dict[str, Any] | None, origin: str) -> "CleanSpec":
+    def merged(self, override: dict[str, Any] | None, origin: str, resolve: Resolver | None = None) -> "CleanSpec":
         """This spec with the top-level keys named in `override` replaced."""
         if not override:
             return self
-        return replace(self, **_parse_fields(override, origin), origin=origin)
+        return replace(self, **_parse_fields(override, origin, resolve), origin=origin)
 
 
-def parse_clean(mapping: dict[str, Any] | None, origin: str) -> CleanSpec:
+# Turns a path as written (benchmark files, a language model file) into the one to open;
+# the mixture loader passes its own, so these paths resolve like source paths (relative
+# to the mixture file, ${ENV}, {pkg:NAME}). It raises ValueError on a path it cannot
+# resolve; None keeps paths as written.
+Resolver = Callable[[str], str]
+
+
+def parse_clean(mapping: dict[str, Any] | None, origin: str, resolve: Resolver | None = None) -> CleanSpec:
     """Parse a `clean:` mapping; `origin` ("mixtures/x.yaml:12") is named in every error."""
     if mapping is None:
         return CleanSpec(origin=origin)
-    return CleanSpec(**_parse_fields(mapping, origin), origin=origin)
+    return CleanSpec(**_parse_fields(mapping, origin, resolve), origin=origin)
+
+
+def _resolved(path: str, origin: str, key: str, resolve: Resolver | None) -> str:
+    if resolve is None:
+        return path
+    try:
+        return resolve(path)
+    except ValueError as e:  # an unset ${ENV}, a package that is not installed
+        raise _err(origin, key, str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,7 +247,7 @@ def _freeze(v: Any) -> Any:
     return v
 
 
-def _language(value: Any, origin: str) -> LanguageSpec | None:
+def _language(value: Any, origin: str, resolve: Resolver | None = None) -> LanguageSpec | None:
     def parse(m: dict[str, Any]) -> LanguageSpec:
         m = _mapping(m, origin, "language", {"model", "keep", "min_score"})
         keep = m.get("keep", ["en"])
@@ -239,8 +255,11 @@ def _language(value: Any, origin: str) -> LanguageSpec | None:
             keep = [keep]
         if not isinstance(keep, list) or not keep or not all(isinstance(x, str) and x for x in keep):
             raise _err(origin, "language.keep", f"expected a list of language codes, got {keep!r}")
+        model = _str(m.get("model", "py3langid"), origin, "language.model")
+        if model != "py3langid":  # a local model file, named like every other path
+            model = _resolved(model, origin, "language.model", resolve)
         return LanguageSpec(
-            model=_str(m.get("model", "py3langid"), origin, "language.model"),
+            model=model,
             keep=tuple(keep),
             min_score=_float(m.get("min_score", 0.65), origin, "language.min_score", 0.0, 1.0),
         )
@@ -277,7 +296,7 @@ def _problem(value: Any, origin: str) -> ProblemDedupSpec | None:
     return _stage(value, origin, "problem_dedup", parse)
 
 
-def _benchmark(b: Any, origin: str, i: int) -> BenchmarkSpec:
+def _benchmark(b: Any, origin: str, i: int, resolve: Resolver | None = None) -> BenchmarkSpec:
     key = f"decontaminate.benchmarks[{i}]"
     b = _mapping(b, origin, key, {"name", "path", "format", "fields"})
     for req in ("name", "path"):
@@ -288,7 +307,7 @@ def _benchmark(b: Any, origin: str, i: int) -> BenchmarkSpec:
     fields = _mapping(b.get("fields", {}), origin, f"{key}.fields", {"problem", "answer"})
     return BenchmarkSpec(
         name=_str(b["name"], origin, f"{key}.name"),
-        path=path,
+        path=_resolved(path, origin, f"{key}.path", resolve),
         format=_choice(fmt, origin, f"{key}.format", BENCHMARK_FORMATS),
         problem_field=_str(fields.get("problem", "problem"), origin, f"{key}.fields.problem"),
         answer_field=None if fields.get("answer") is None and "answer" in fields
@@ -296,13 +315,13 @@ def _benchmark(b: Any, origin: str, i: int) -> BenchmarkSpec:
     )
 
 
-def _decontam(value: Any, origin: str) -> DecontamSpec | None:
+def _decontam(value: Any, origin: str, resolve: Resolver | None = None) -> DecontamSpec | None:
     def parse(m: dict[str, Any]) -> DecontamSpec:
         m = _mapping(m, origin, "decontaminate", {"benchmarks", "ngram", "min_overlap"})
         benches = m.get("benchmarks", [])
         if not isinstance(benches, list):
             raise _err(origin, "decontaminate.benchmarks", f"expected a list, got {type(benches).__name__}")
-        parsed = tuple(_benchmark(b, origin, i) for i, b in enumerate(benches))
+        parsed = tuple(_benchmark(b, origin, i, resolve) for i, b in enumerate(benches))
         names = [b.name for b in parsed]
         if len(set(names)) != len(names):
             raise _err(origin, "decontaminate.benchmarks", f"duplicate benchmark names in {names}")
@@ -343,6 +362,7 @@ def _validate(value: Any, origin: str) -> ValidateSpec | None:
     return _stage(value, origin, "validate", parse)
 
 
+# Each parser takes (value, origin); those that read paths also take the resolver.
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "quality": _quality,
     "language": _language,
@@ -354,12 +374,18 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
-def _parse_fields(mapping: Any, origin: str) -> dict[str, Any]:
+_PATH_PARSERS: dict[str, Callable[[Any, str, Resolver | None], Any]] = {
+    "language": _language,
+    "decontaminate": _decontam,
+}
+
+
+def _parse_fields(mapping: Any, origin: str, resolve: Resolver | None = None) -> dict[str, Any]:
     if not isinstance(mapping, dict):
         raise ValueError(f"{origin}: clean: expected a mapping, got {type(mapping).__name__}")
     out: dict[str, Any] = {}
     for key, value in mapping.items():
         if key not in _PARSERS:
             raise ValueError(f"{origin}: clean.{key}: unknown key (allowed: {', '.join(sorted(_PARSERS))})")
-        out[key] = _PARSERS[key](value, origin)
+        out[key] = _PATH_PARSERS[key](value, origin, resolve) if key in _PATH_PARSERS else _PARSERS[key](value, origin)
     return out

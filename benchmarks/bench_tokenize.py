@@ -146,36 +146,40 @@ def main() -> None:
     load_tokenizer("embedded")  # fails clearly if the packaged tokenizer is missing
     tok_path = str(Path(zaya_data.__file__).parent / "assets" / "tokenizer" / "tokenizer.json")
     work = Path(tempfile.mkdtemp(prefix="zaya-bench-"))
+    # Each figure is printed as soon as it is measured, so a run cut short by a time limit
+    # still reports what it finished.
     try:
         texts, size = write_corpus(work / "corpus", args.mb, args.files or 4 * args.workers)
+        print(f"corpus: {len(texts):,} documents, {size / 1e6:.1f} MB; {args.workers} cores; "
+              f"{platform.processor() or platform.machine()}; python {platform.python_version()}", flush=True)
+        print(f"{'path':48s} {'seconds':>8s} {'tokens':>12s} {'tokens/s':>12s} {'x raw':>7s}", flush=True)
         raw_s, raw_tok = bench_raw(tok_path, texts, args.workers)
-        dt_s, dt_tok = bench_datatrove(tok_path, work / "corpus", args.workers, work)
-        zl_s, zl_tok = bench_zaya(work / "corpus", 1, work, ray=False, total_tokens=raw_tok)
-        zr_s, zr_tok = bench_zaya(work / "corpus", args.workers, work, ray=True, total_tokens=raw_tok)
-        scaling = []
-        for w in [int(x) for x in args.scaling.split(",") if x]:
+        raw_rate = raw_tok / raw_s
+
+        def row(name: str, s: float, n: int) -> None:
+            print(f"{name:48s} {s:8.2f} {n:12,d} {n / s:12,.0f} {n / s / raw_rate:7.2f}", flush=True)
+
+        row("raw encode_batch (in memory)", raw_s, raw_tok)
+        row(f"datatrove tokenize pipeline, {args.workers} tasks",
+            *bench_datatrove(tok_path, work / "corpus", args.workers, work))
+        row("zaya-data build, in process (1 core)", *bench_zaya(work / "corpus", 1, work, ray=False,
+                                                                  total_tokens=raw_tok))
+        row(f"zaya-data build, Ray, {args.workers} workers",
+            *bench_zaya(work / "corpus", args.workers, work, ray=True, total_tokens=raw_tok))
+        counts = [int(x) for x in args.scaling.split(",") if x]
+        if counts:
+            print(f"\n{'Ray workers':>11s} {'seconds':>8s} {'tokens/s':>12s} {'speedup':>8s} {'efficiency':>10s}",
+                  flush=True)
+        base = 0.0
+        for w in counts:
             shutil.rmtree(work / "zray", ignore_errors=True)
-            scaling.append((w, *bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok)))
+            s, n = bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok)
+            rate = n / s
+            base = base or rate / w  # per-worker rate of the first (smallest) count
+            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / (base * counts[0]):8.2f} {rate / (base * w):10.2%}",
+                  flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    raw_rate = raw_tok / raw_s
-    rows = [
-        ("raw encode_batch (in memory)", raw_s, raw_tok),
-        (f"datatrove tokenize pipeline, {args.workers} tasks", dt_s, dt_tok),
-        ("zaya-data build, in process (1 core)", zl_s, zl_tok),
-        (f"zaya-data build, Ray, {args.workers} workers", zr_s, zr_tok),
-    ]
-    print(f"corpus: {len(texts):,} documents, {size / 1e6:.1f} MB; {args.workers} cores; "
-          f"{platform.processor() or platform.machine()}; python {platform.python_version()}")
-    print(f"{'path':48s} {'seconds':>8s} {'tokens':>12s} {'tokens/s':>12s} {'x raw':>7s}")
-    for name, s, n in rows:
-        print(f"{name:48s} {s:8.2f} {n:12,d} {n / s:12,.0f} {n / s / raw_rate:7.2f}")
-    if scaling:
-        base = scaling[0][2] / scaling[0][1] / scaling[0][0]
-        print(f"\n{'Ray workers':>11s} {'seconds':>8s} {'tokens/s':>12s} {'speedup':>8s} {'efficiency':>10s}")
-        for w, s, n in scaling:
-            rate = n / s
-            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / (base * scaling[0][0]):8.2f} {rate / (base * w):10.2%}")
 
 
 if __name__ == "__main__":

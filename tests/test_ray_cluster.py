@@ -83,6 +83,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
            "RAY_USAGE_STATS_ENABLED": "0"}
+    # A local build earlier in this process sets Ray's single-machine switch in os.environ
+    # (executor._local_ray_on_loopback); a cluster's nodes must not inherit it, or the
+    # second node refuses to join.
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     port = _free_port()
     node = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
             "--object-store-memory", "100000000", "--disable-usage-stats"]

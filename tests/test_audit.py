@@ -537,3 +537,24 @@ def test_edited_targets_and_config_are_named(build: Path, tmp_path: Path) -> Non
     path.write_text(json.dumps(m))
     msgs = sorted(f["message"].split(" is ")[0].split(" add")[0] for f in audit_build(out, ["long"])["findings"])
     assert msgs == ["config_sha256", "sources' target_tokens", "weights.target"]
+
+
+def test_verify_checks_a_prompt_phase_and_names_a_tampered_prompt_file(build: Path, tmp_path: Path) -> None:
+    from zaya_data.manifest import read_manifest
+    from zaya_data.verify import verify_phase
+
+    good = verify_phase(build / "rl")
+    assert good.ok, [str(p) for p in good.problems]
+    assert good.shards_checked == 1 and good.rows_checked == read_manifest(build / "rl")["totals"]["prompts"]
+    assert zaya_main(["verify", str(build / "rl")]) == 0
+
+    out = tamper_copy(build, tmp_path)
+    path = out / "rl" / "prompts-00000.parquet"
+    t = pq.read_table(path)
+    rows = t.to_pylist()
+    rows[3]["prompt"] = ""
+    pq.write_table(pa.Table.from_pylist(rows, schema=t.schema), path)
+    msgs = [str(p) for p in verify_phase(out / "rl").problems]
+    assert msgs[0].startswith("prompts-00000.parquet: size ") and msgs[1].startswith("prompts-00000.parquet: sha256 ")
+    assert msgs[2:] == ["prompts-00000.parquet row 3: empty prompt"]
+    assert zaya_main(["verify", str(out / "rl")]) == 1

@@ -10,6 +10,9 @@ bounded by a row group: exact row length, segment lengths + padding = context, p
 lists of equal length, padding made of pad ids with loss 0, and recounted tokens per
 source, per shard and in total equal to what the manifest says.
 
+An RL prompt phase (`kind: prompts`) is checked the same way over its `prompts-*.parquet`
+files (sha256, size, rows, totals.prompts; deep: no empty prompt, prompts per source).
+
 Every problem names the shard file, the row (0-based, within the shard) where it applies
 and what is wrong.
 """
@@ -243,6 +246,8 @@ def verify_phase(phase_dir: str | Path, deep: bool = True) -> VerifyReport:
         report.add(MANIFEST_NAME, str(e))
         return report
     _check_sidecars(report, phase_dir, manifest)
+    if manifest.get("kind") == "prompts":
+        return _verify_prompt_phase(report, phase_dir, manifest, deep)
     context = manifest["context"]
     pad_id = (manifest.get("tokenizer") or {}).get("pad_id")
 
@@ -326,4 +331,68 @@ def verify_phase(phase_dir: str | Path, deep: bool = True) -> VerifyReport:
             _compare(report, MANIFEST_NAME, f"sources.{name}.tokens", info.get("tokens"), tok)
             if "segments" in info:
                 _compare(report, MANIFEST_NAME, f"sources.{name}.segments", info.get("segments"), seg)
+    return report
+
+
+def _verify_prompt_phase(report: VerifyReport, phase_dir: Path, manifest: dict[str, Any], deep: bool) -> VerifyReport:
+    """An RL prompt phase: `prompts-*.parquet` files with sha256 and row counts in the
+    manifest, which add up to totals.prompts; deep, every prompt is non-empty and the
+    prompts per source recount to the manifest's."""
+    listed = [s.get("file") for s in manifest.get("shards") or []]
+    seen: set[str] = set()
+    for name in listed:
+        if name in seen:
+            report.add(str(name), "listed twice in the manifest")
+        seen.add(str(name))
+    for p in sorted(phase_dir.iterdir()):
+        if p.name.startswith(".") and ".tmp-" in p.name:
+            report.add(p.name, "temporary file left by an interrupted write")
+        elif p.name.startswith("prompts-") and p.name.endswith(".parquet") and p.name not in seen:
+            report.add(p.name, "prompt file not listed in the manifest")
+    listed_rows = 0
+    by_source: dict[str, int] = {}
+    recount_complete = True
+    for entry in manifest.get("shards") or []:
+        name = str(entry.get("file"))
+        rows = entry.get("rows")
+        if not isinstance(rows, int) or isinstance(rows, bool):
+            report.add(MANIFEST_NAME, f"prompt file {name}: 'rows' missing or not an integer")
+        else:
+            listed_rows += rows
+        path = phase_dir / name
+        if not path.is_file():
+            report.add(name, "listed in the manifest but missing")
+            recount_complete = False
+            continue
+        report.shards_checked += 1
+        size = path.stat().st_size
+        if entry.get("bytes") is not None and entry["bytes"] != size:
+            report.add(name, f"size {size} bytes, manifest says {entry['bytes']}")
+        digest = sha256_file(path)
+        if digest != entry.get("sha256"):
+            report.add(name, f"sha256 {digest} does not match the manifest's {entry.get('sha256')}")
+        try:
+            table = pq.read_table(path, columns=["source", "prompt"]) if deep else None
+            actual = pq.ParquetFile(path).metadata.num_rows
+        except Exception as e:  # a corrupt file is a finding, not a crash
+            report.add(name, f"not a readable prompt file: {e}")
+            recount_complete = False
+            continue
+        _compare(report, name, "rows", rows, actual)
+        if table is None:
+            continue
+        report.rows_checked += table.num_rows
+        for i, (src, prompt) in enumerate(zip(table["source"].to_pylist(), table["prompt"].to_pylist())):
+            if not prompt:
+                report.add(name, "empty prompt", row=i)
+            by_source[src] = by_source.get(src, 0) + 1
+    totals = manifest.get("totals") or {}
+    if totals.get("prompts") != listed_rows:
+        report.add(MANIFEST_NAME, f"totals.prompts is {totals.get('prompts')!r} but the prompt files add up to {listed_rows}")
+    if deep and recount_complete:
+        sources = manifest.get("sources") or {}
+        for src in sorted(set(sources) | set(by_source)):
+            want = (sources.get(src) or {}).get("prompts", 0)
+            if want != by_source.get(src, 0):
+                report.add(MANIFEST_NAME, f"sources.{src}.prompts is {want!r}, the prompt files hold {by_source.get(src, 0)}")
     return report

@@ -236,6 +236,23 @@ def _check_sidecars(report: VerifyReport, phase_dir: Path, manifest: dict[str, A
                 report.add(name, f"rows: manifest says {entry['rows']!r}, the file holds {rows}")
 
 
+def _check_listed_file(report: VerifyReport, phase_dir: Path, name: str, entry: dict[str, Any]) -> Path | None:
+    """A data file the manifest lists: present, with the listed size and sha256. None when
+    it is missing (nothing more can be read from it)."""
+    path = phase_dir / name
+    if not path.is_file():
+        report.add(name, "listed in the manifest but missing")
+        return None
+    report.shards_checked += 1
+    size = path.stat().st_size
+    if entry.get("bytes") is not None and entry["bytes"] != size:
+        report.add(name, f"size {size} bytes, manifest says {entry['bytes']}")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        report.add(name, f"sha256 {digest} does not match the manifest's {entry.get('sha256')}")
+    return path
+
+
 def verify_phase(phase_dir: str | Path, deep: bool = True) -> VerifyReport:
     """Check `phase_dir` against its manifest; see the module docstring for the list."""
     phase_dir = Path(phase_dir)
@@ -274,18 +291,10 @@ def verify_phase(phase_dir: str | Path, deep: bool = True) -> VerifyReport:
                 report.add(MANIFEST_NAME, f"shard {name}: {k!r} missing or not an integer")
             else:
                 listed_sum[k] += v
-        path = phase_dir / name
-        if not path.is_file():
-            report.add(name, "listed in the manifest but missing")
+        path = _check_listed_file(report, phase_dir, name, entry)
+        if path is None:
             recount_complete = False
             continue
-        report.shards_checked += 1
-        size = path.stat().st_size
-        if entry.get("bytes") is not None and entry["bytes"] != size:
-            report.add(name, f"size {size} bytes, manifest says {entry['bytes']}")
-        digest = sha256_file(path)
-        if digest != entry.get("sha256"):
-            report.add(name, f"sha256 {digest} does not match the manifest's {entry.get('sha256')}")
         try:
             rows = pq.ParquetFile(path).metadata.num_rows
         except Exception as e:  # a corrupt footer is a finding, not a crash
@@ -359,18 +368,10 @@ def _verify_prompt_phase(report: VerifyReport, phase_dir: Path, manifest: dict[s
             report.add(MANIFEST_NAME, f"prompt file {name}: 'rows' missing or not an integer")
         else:
             listed_rows += rows
-        path = phase_dir / name
-        if not path.is_file():
-            report.add(name, "listed in the manifest but missing")
+        path = _check_listed_file(report, phase_dir, name, entry)
+        if path is None:
             recount_complete = False
             continue
-        report.shards_checked += 1
-        size = path.stat().st_size
-        if entry.get("bytes") is not None and entry["bytes"] != size:
-            report.add(name, f"size {size} bytes, manifest says {entry['bytes']}")
-        digest = sha256_file(path)
-        if digest != entry.get("sha256"):
-            report.add(name, f"sha256 {digest} does not match the manifest's {entry.get('sha256')}")
         try:
             table = pq.read_table(path, columns=["source", "prompt"]) if deep else None
             actual = pq.ParquetFile(path).metadata.num_rows

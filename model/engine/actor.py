@@ -50,6 +50,31 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+def map_spans_in_order(actors: Sequence[Any], num_spans: int, submit: Callable[[Any, int], Any],
+                       on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """Run spans 0..num_spans-1 on whichever actor is free (`submit(actor, span)` returns a
+    Ray object ref) and return their results in span order, whatever order they finish in.
+    `on_result(span, result)` is called as each one arrives (progress, streaming writes)."""
+    import ray
+
+    results: list[Any] = [None] * num_spans
+    pending: dict[Any, tuple[int, int]] = {}  # ref -> (span, actor index)
+    free = list(range(len(actors)))
+    nxt = 0
+    while nxt < num_spans or pending:
+        while free and nxt < num_spans:
+            actor = free.pop(0)
+            pending[submit(actors[actor], nxt)] = (nxt, actor)
+            nxt += 1
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        span, actor = pending.pop(ready[0])
+        results[span] = ray.get(ready[0])
+        free.append(actor)
+        if on_result is not None:
+            on_result(span, results[span])
+    return results
+
+
 class EnginePool:
     """`num_actors` EngineActors; prompts go out in chunks to whichever actor is free."""
 
@@ -66,24 +91,14 @@ class EnginePool:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int = 1,
                  chunk_prompts: int = 64) -> list[Completion]:
-        import ray
-
         spans = [(a, min(len(prompts), a + chunk_prompts)) for a in range(0, len(prompts), chunk_prompts)]
-        results: list[list[Completion] | None] = [None] * len(spans)
-        free = list(range(len(self.actors)))
-        pending: dict[Any, tuple[int, int]] = {}
-        nxt = 0
-        while nxt < len(spans) or pending:
-            while free and nxt < len(spans):
-                actor = free.pop(0)
-                a, b = spans[nxt]
-                p = params if params.seed is None else dataclasses.replace(params, seed=params.seed + a * n)
-                pending[self.actors[actor].generate.remote(list(prompts[a:b]), p, n)] = (nxt, actor)
-                nxt += 1
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            span, actor = pending.pop(ready[0])
-            results[span] = ray.get(ready[0])
-            free.append(actor)
+
+        def submit(actor: Any, span: int) -> Any:
+            a, b = spans[span]
+            p = params if params.seed is None else dataclasses.replace(params, seed=params.seed + a * n)
+            return actor.generate.remote(list(prompts[a:b]), p, n)
+
+        results = map_spans_in_order(self.actors, len(spans), submit)
         return [c for part in results for c in (part or [])]
 
     def close(self) -> None:

@@ -163,28 +163,19 @@ class RayModelPool:
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: Sampling,
                  on_done: Callable[[Generation], None] | None = None) -> list[Generation]:
-        import ray
+        from model.engine.actor import map_spans_in_order
 
         spans = chunks(len(requests), self.batch_size)
-        results: list[list[Generation] | None] = [None] * len(spans)
-        pending: dict[Any, tuple[int, int]] = {}  # ref -> (span index, actor index)
-        free = list(range(len(self.actors)))
-        nxt = 0
-        while nxt < len(spans) or pending:
-            while free and nxt < len(spans):
-                actor = free.pop(0)
-                a, b = spans[nxt]
-                ref = self.actors[actor].generate_chunk.remote([r.prompt for r in requests[a:b]],
-                                                               requests[a].seed, sampling)
-                pending[ref] = (nxt, actor)
-                nxt += 1
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            span, actor = pending.pop(ready[0])
-            results[span] = ray.get(ready[0])
-            free.append(actor)
-            if on_done is not None:
-                for g in results[span] or []:
-                    on_done(g)
+
+        def submit(actor: Any, span: int) -> Any:
+            a, b = spans[span]
+            return actor.generate_chunk.remote([r.prompt for r in requests[a:b]], requests[a].seed, sampling)
+
+        def done(span: int, gens: list[Generation]) -> None:
+            for g in gens:
+                on_done(g)  # type: ignore[misc]  # only passed when on_done is set
+
+        results = map_spans_in_order(self.actors, len(spans), submit, done if on_done is not None else None)
         return [g for part in results for g in (part or [])]
 
     def close(self) -> None:

@@ -173,7 +173,7 @@ def test_shipped_pipeline_parses_with_documented_defaults():
     cfg = load_rsa_config(REPO / "pipelines" / "rsa_math.yaml")
     assert (cfg.tau, cfg.k, cfg.m, cfg.rounds, cfg.verifier) == (4096, 4, 4, 2, False)
     assert cfg.template.version == "rsa-agg-v1" and cfg.teacher.openai.api_key_env == "OPENAI_API_KEY"
-    assert cfg.source.paths == (str(DATA),)
+    assert tuple(Path(p).resolve() for p in cfg.source.paths) == (DATA.resolve(),)
 
 
 def test_defaults(tmp_path):

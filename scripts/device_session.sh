@@ -9,6 +9,7 @@
 #   kernels   scripts/gpu_kernels.sh --quick (kernel tests vs float64, then timings)
 #   engine    scripts/gpu_engine.sh (engine tests and decode benchmark)
 #   rsa       benchmarks/bench_rsa.py (aggregation examples per GPU-hour, 8B random weights)
+#   rsa2      benchmarks/bench_rsa.py --compare-actors 2 (two GPUs: 2 Ray actors vs 1)
 #   scaling   benchmarks/bench_tokenize.py at 1..16 Ray workers (build throughput)
 #   clean     benchmarks/bench_clean.py near-dedup scaling at 1..16 workers
 # Every step's log, and what it wrote, come back in $OUT/results.tar.gz (the tool returns
@@ -37,7 +38,7 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
   python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
 } | tee "$R/machine.txt"
 
-declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [rsa]=${RSA_LIMIT:-100} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
+declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
 run_step() {  # name, command...
   local name=$1; shift
   local s=$(date +%s)
@@ -53,6 +54,8 @@ for step in ${STEPS:-model kernels rsa}; do
                bash scripts/gpu_engine.sh --time-budget 110 ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \
                --max-new-tokens 128 --baseline-prompts 2 --baseline-batch-size 2 ;;
+    rsa2)    run_step rsa2 python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-32}" \
+               --max-new-tokens 128 --baseline-prompts 0 --compare-actors 2 ;;
     scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-32}" --workers 16 --scaling 1,2,4,8,16 ;;
     clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" ;;
     *) echo "unknown step $step" >>"$R/steps.txt" ;;

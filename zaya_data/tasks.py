@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from zaya_data.io import atomic_replace, atomic_write_text, tmp_path_for
 from zaya_data.ledger import Ledger
@@ -182,6 +184,46 @@ def read_part(path: str) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
 
 
+def take_part_rows(path: str, rows: np.ndarray, memory_pool: pa.MemoryPool | None = None) -> pa.Table:
+    """`read_part(path).take(rows)` for sorted, unique `rows`, touching only the record
+    batches (and, through the memory map, the pages) that hold them.
+
+    Not `Table.take`: on a table of many record batches (a part has one per 1024 read
+    rows) Arrow concatenates every chunk of every column before taking, which copies the
+    whole part onto the heap and pages in all of its mapped file. A part grows with the
+    corpus (up to a job's 64 MB of input), so a shard writer's memory did too; taking
+    batch by batch keeps it bounded by the shard's own rows.
+
+    The map is Python's, not `pa.memory_map`, for `madvise`: a page fault maps up to 64 KB
+    of page cache around each touched row, so a shard's scattered rows would still leave
+    most of a large part resident in this process. Dropping the mapped pages after each
+    batch (the file and page cache are untouched; `take` has copied what it needs, and any
+    later read simply faults the page in again) keeps at most one batch's pages mapped.
+    `memory_pool`: where the taken rows are allocated (a test measures it)."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    # Arrow buffers export `mm`, so it is unmapped when the last of them is freed (here,
+    # on return: the result holds copies), never while one is alive.
+    reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mm)))
+    rows = np.asarray(rows, dtype=np.int64)
+    pieces: list[pa.RecordBatch] = []
+    start = 0
+    lo = 0  # rows[:lo] are in batches already passed: rows are sorted, so one sweep
+    for i in range(reader.num_record_batches):
+        if lo >= rows.size:
+            break
+        batch = reader.get_batch(i)  # zero-copy from the map: reads only its metadata
+        end = start + batch.num_rows
+        hi = lo + int(np.searchsorted(rows[lo:], end))
+        if hi > lo:
+            pieces.append(pc.take(batch, pa.array(rows[lo:hi] - start), memory_pool=memory_pool))
+            mm.madvise(mmap.MADV_DONTNEED)
+        lo, start = hi, end
+    if lo < rows.size:
+        raise IndexError(f"{path}: row {int(rows[lo])} is past its {start} rows")
+    return pa.Table.from_batches(pieces, schema=reader.schema)
+
+
 class ShardWorker:
     """Gathers the items of one shard's rows from the memory-mapped parts, packs them
     into rows and writes the shard atomically."""
@@ -208,7 +250,7 @@ class ShardWorker:
         for p in np.unique(part_of):
             sel = np.nonzero(part_of == p)[0]
             uniq, inv = np.unique(row_of[sel], return_inverse=True)
-            pieces.append(read_part(self.parts[int(p)]).take(pa.array(uniq)))
+            pieces.append(take_part_rows(self.parts[int(p)], uniq))
             pos[sel] = base + inv
             base += len(uniq)
         items = pa.concat_tables(pieces) if pieces else pa.table({}, schema=TOKENIZED)

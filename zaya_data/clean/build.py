@@ -289,10 +289,16 @@ class CleanTokenizeWorker(TokenizeWorker):
                     units: list[Any]) -> dict[str, Any]:
         if stages is None:
             return {"decontam_matches": [], "clean_stats": {}}
-        matches = stages.decontam.matches[matches0:] if stages.decontam else []
+        # The stages live as long as the worker, which runs many jobs: take this job's
+        # matches and flags out of their lists, or they would grow with the corpus.
+        matches: list[dict[str, Any]] = []
+        if stages.decontam is not None:
+            matches = stages.decontam.matches[matches0:]
+            del stages.decontam.matches[matches0:]
         stats: dict[str, int] = {}
         if stages.validator is not None:
             flagged = stages.validator.flagged[flagged0:]
+            del stages.validator.flagged[flagged0:]
             stats["validate_flagged"] = len(flagged)
             if flagged:
                 paths = {u.file_index: u.path for u in units}

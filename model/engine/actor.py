@@ -50,44 +50,63 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def map_spans_in_order(actors: Sequence[Any], num_spans: int, submit: Callable[[Any, int], Any],
-                       on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-    """Run spans 0..num_spans-1 on whichever actor is free (`submit(actor, span)` returns a
-    Ray object ref) and return their results in span order, whatever order they finish in.
-    `on_result(span, result)` is called as each one arrives (progress, streaming writes)."""
-    import ray
+class GpuActorPool:
+    """`num_actors` Ray actors of `body` (a plain class), each holding `num_gpus` GPUs (0
+    only to test on a CPU). Starts Ray if this process has not, and then also stops it.
+    `map_spans` runs spans on whichever actor is free and returns their results in span
+    order, whatever order they finish in, so results never depend on the number of actors."""
 
-    results: list[Any] = [None] * num_spans
-    pending: dict[Any, tuple[int, int]] = {}  # ref -> (span, actor index)
-    free = list(range(len(actors)))
-    nxt = 0
-    while nxt < num_spans or pending:
-        while free and nxt < num_spans:
-            actor = free.pop(0)
-            pending[submit(actors[actor], nxt)] = (nxt, actor)
-            nxt += 1
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        span, actor = pending.pop(ready[0])
-        results[span] = ray.get(ready[0])
-        free.append(actor)
-        if on_result is not None:
-            on_result(span, results[span])
-    return results
-
-
-class EnginePool:
-    """`num_actors` EngineActors; prompts go out in chunks to whichever actor is free."""
-
-    def __init__(self, model_factory: Callable[[], Any], num_actors: int, config: EngineConfig = EngineConfig(),
-                 decode_factory: Callable[[], Callable[[list[int]], str]] | None = None, *,
-                 num_gpus: float = 1, ray_address: str | None = None) -> None:
+    def __init__(self, body: type, args: tuple, num_actors: int, *, num_gpus: float = 1,
+                 ray_address: str | None = None) -> None:
         import ray
 
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-        cls = engine_actor_class(num_gpus)
-        self.actors = [cls.remote(model_factory, config, decode_factory) for _ in range(num_actors)]
+        cls = ray.remote(num_gpus=num_gpus)(body)
+        self.actors = [cls.remote(*args) for _ in range(num_actors)]
+
+    def map_spans(self, num_spans: int, submit: Callable[[Any, int], Any],
+                  on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """`submit(actor, span)` returns a Ray object ref; `on_result(span, result)` is called
+        as each one arrives (progress, streaming writes)."""
+        import ray
+
+        results: list[Any] = [None] * num_spans
+        pending: dict[Any, tuple[int, int]] = {}  # ref -> (span, actor index)
+        free = list(range(len(self.actors)))
+        nxt = 0
+        while nxt < num_spans or pending:
+            while free and nxt < num_spans:
+                actor = free.pop(0)
+                pending[submit(self.actors[actor], nxt)] = (nxt, actor)
+                nxt += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            span, actor = pending.pop(ready[0])
+            results[span] = ray.get(ready[0])
+            free.append(actor)
+            if on_result is not None:
+                on_result(span, results[span])
+        return results
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+        if self._owns_ray:
+            ray.shutdown()
+
+
+class EnginePool(GpuActorPool):
+    """`num_actors` EngineActors; prompts go out in chunks to whichever actor is free."""
+
+    def __init__(self, model_factory: Callable[[], Any], num_actors: int, config: EngineConfig = EngineConfig(),
+                 decode_factory: Callable[[], Callable[[list[int]], str]] | None = None, *,
+                 num_gpus: float = 1, ray_address: str | None = None) -> None:
+        super().__init__(EngineWorker, (model_factory, config, decode_factory), num_actors,
+                         num_gpus=num_gpus, ray_address=ray_address)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int = 1,
                  chunk_prompts: int = 64) -> list[Completion]:
@@ -98,14 +117,4 @@ class EnginePool:
             p = params if params.seed is None else dataclasses.replace(params, seed=params.seed + a * n)
             return actor.generate.remote(list(prompts[a:b]), p, n)
 
-        results = map_spans_in_order(self.actors, len(spans), submit)
-        return [c for part in results for c in (part or [])]
-
-    def close(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
-        if self._owns_ray:
-            ray.shutdown()
+        return [c for part in self.map_spans(len(spans), submit) for c in part]

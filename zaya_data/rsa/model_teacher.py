@@ -150,21 +150,16 @@ class RayModelPool:
 
     def __init__(self, spec: Any, num_actors: int, tokenizer_path: str = "embedded",
                  ray_address: str | None = None, num_gpus: float = 1):
-        import ray
+        from model.engine.actor import GpuActorPool  # imports torch: only once a pool is made
 
-        self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
         # num_gpus=0 only to exercise the pool on a CPU machine (the tiny model)
-        actor_cls = ray.remote(num_gpus=num_gpus)(_ModelActor)
-        self.actors = [actor_cls.remote(spec, tokenizer_path) for _ in range(num_actors)]
+        self.pool = GpuActorPool(_ModelActor, (spec, tokenizer_path), num_actors, num_gpus=num_gpus,
+                                ray_address=ray_address)
         self.batch_size = spec.batch_size
         self.name = spec.label
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: Sampling,
                  on_done: Callable[[Generation], None] | None = None) -> list[Generation]:
-        from model.engine.actor import map_spans_in_order
-
         spans = chunks(len(requests), self.batch_size)
 
         def submit(actor: Any, span: int) -> Any:
@@ -175,14 +170,8 @@ class RayModelPool:
             for g in gens:
                 on_done(g)  # type: ignore[misc]  # only passed when on_done is set
 
-        results = map_spans_in_order(self.actors, len(spans), submit, done if on_done is not None else None)
-        return [g for part in results for g in (part or [])]
+        results = self.pool.map_spans(len(spans), submit, done if on_done is not None else None)
+        return [g for part in results for g in part]
 
     def close(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
-        if self._owns_ray:
-            ray.shutdown()
+        self.pool.close()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_tokenize import write_corpus  # noqa: E402
+from bench_tokenize import build_command, write_corpus  # noqa: E402
 
 
 def _children(pid: int) -> list[int]:
@@ -67,25 +67,9 @@ def _status(pid: int) -> tuple[str, int, int] | None:
 
 
 def run_build(corpus: Path, work: Path, workers: int, tokens: int, shard_rows: int) -> dict[str, float]:
-    mix = work / "mem.yaml"
-    mix.write_text(f"""
-name: mem
-seed: 1
-sources:
-  corpus: {{path: "{corpus}/*.jsonl", format: jsonl, category: math}}
-phases:
-  p:
-    context: 4096
-    token_budget: {tokens}
-    weights: {{corpus: 1}}
-    max_repetition: 1.0
-    allow_shortfall: true
-    shard_rows: {shard_rows}
-""")
-    out = work / "out"
+    cmd, out = build_command(corpus, work, workers, True, tokens, shard_rows=shard_rows, max_repetition=1.0,
+                             allow_shortfall=True, out_name="out")
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "zaya_data.cli", "build", str(mix), "--out", str(out), "--quiet",
-           "--workers", str(workers)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peaks: dict[int, tuple[str, int, int]] = {}

@@ -103,8 +103,13 @@ print(time.perf_counter() - t0)
     return secs, tokens
 
 
-def bench_zaya(folder: Path, workers: int, work: Path, ray: bool, total_tokens: int) -> tuple[float, int]:
+def build_command(folder: Path, work: Path, workers: int, ray: bool, total_tokens: int, *,
+                  shard_rows: int = 4096, max_repetition: float = 1.5, allow_shortfall: bool = False,
+                  out_name: str | None = None) -> tuple[list[str], Path]:
+    """A one-phase 4K mixture over every JSONL file in `folder`, and the `zaya-data build`
+    command that builds it into work/<out_name>; also the output folder."""
     mix = work / "bench.yaml"
+    shortfall = "\n    allow_shortfall: true" if allow_shortfall else ""
     mix.write_text(f"""
 name: bench
 seed: 1
@@ -115,12 +120,17 @@ phases:
     context: 4096
     token_budget: {total_tokens}
     weights: {{corpus: 1}}
-    max_repetition: 1.5
-    shard_rows: 4096
+    max_repetition: {max_repetition}{shortfall}
+    shard_rows: {shard_rows}
 """)
-    out = work / ("zray" if ray else "zlocal")
+    out = work / (out_name or ("zray" if ray else "zlocal"))
     cmd = [sys.executable, "-m", "zaya_data.cli", "build", str(mix), "--out", str(out), "--quiet",
            "--workers", str(workers)] + ([] if ray else ["--no-ray"])
+    return cmd, out
+
+
+def bench_zaya(folder: Path, workers: int, work: Path, ray: bool, total_tokens: int) -> tuple[float, int]:
+    cmd, out = build_command(folder, work, workers, ray, total_tokens)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     secs = time.perf_counter() - t0

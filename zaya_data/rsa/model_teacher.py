@@ -81,7 +81,7 @@ class LocalModelTeacher:
             from model.loading import load_model
 
             model = load_model(spec.checkpoint, device=device, dtype=dtype)
-        return cls(model, tokenizer, spec.label, spec.batch_size, getattr(spec, "engine", "auto"))
+        return cls(model, tokenizer, spec.label, spec.batch_size, spec.engine)
 
     def encode(self, prompt: str) -> list[int]:
         return self._prefix + self.tok.text_tokenizer.encode(prompt, add_special_tokens=False).ids + self._suffix

@@ -49,6 +49,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -285,11 +286,12 @@ def _scale_map(args: tuple[int, str]) -> int:
     chunk, work = args
     spec = parse_clean(CLEAN, "bench")
     n = len(_SCALE_TEXTS)
-    lo, hi = chunk * n // SCALE_CHUNKS, (chunk + 1) * n // SCALE_CHUNKS
-    texts = _SCALE_TEXTS[lo:hi]
+    # Interleaved, not contiguous: the corpus is its sources one after another, so
+    # contiguous chunks would differ several-fold in cost and the last ones would straggle.
+    texts = _SCALE_TEXTS[chunk::SCALE_CHUNKS]
     m = len(texts)
     table = pa.table({
-        "id": [f"d{i:08d}" for i in range(lo, hi)], "source": pa.array(["bench"] * m),
+        "id": [f"d{i:08d}" for i in range(chunk, n, SCALE_CHUNKS)], "source": pa.array(["bench"] * m),
         "category": pa.array(["mixed"] * m), "text": texts, "meta": pa.nulls(m, pa.string()),
         "file_index": pa.array([chunk] * m, pa.int32()), "row_index": pa.array(range(m), pa.int64()),
     })
@@ -316,6 +318,20 @@ def _scale_reduce(args: tuple[int, str]) -> bytes:
     with pa.ipc.new_stream(sink, edges.schema) as w:
         w.write_table(edges)
     return sink.getvalue().to_pybytes()
+
+
+def _pin_worker(counter: Any) -> None:
+    """Each pool process on a core of its own, single-threaded: a k-process run uses k cores
+    and no more (Arrow's thread pool would otherwise let the 1-core baseline use several)."""
+    import pyarrow as pa
+
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
 
 
 def run_scaling(cores: list[int], scale: int, root: Path) -> None:
@@ -345,7 +361,7 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
         work = root / f"scale-{k}"
         work.mkdir(parents=True)
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(k, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker, initargs=(ctx.Value("i", 0),)) as pool:
             docs = sum(pool.map(_scale_map, [(c, str(work)) for c in range(SCALE_CHUNKS)]))
             t1 = time.perf_counter()
             blobs = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))

@@ -5,9 +5,10 @@ resident memory should stay flat when the corpus is 10x larger.
 
 For each corpus size (MB and MB x factor, the real traces and solutions of ../shared/data
 repeated as in bench_tokenize.py, in files of --file-mb each, shards of --shard-rows rows:
-the units a worker holds keep their size while the corpus grows; but a tokenize job
-reads up to 64 files or 64 MB, pipeline.JOB_BYTES, so below 64 MB its job and the part
-it writes grow with the corpus, and a shard's rows are then drawn from larger parts) it runs `zaya-data build` of one packed 4K phase over all
+the units a worker holds keep their size while the corpus grows; a tokenize job reads
+files up to pipeline.job_bytes of the corpus (1/256 of it, between 1 and 64 MB), so above
+256 MB its job and the part it writes grow with the corpus up to 64 MB, and a shard's rows
+are then drawn from larger parts) it runs `zaya-data build` of one packed 4K phase over all
 of it on Ray with --workers actors, polls /proc every 50 ms for every descendant process
 of the build, and reports the peak resident set (VmHWM, the kernel's own high-water mark,
 read at each poll so a process that exits is still counted) and the largest heap seen

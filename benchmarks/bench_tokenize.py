@@ -129,10 +129,13 @@ phases:
     return cmd, out
 
 
-def bench_zaya(folder: Path, workers: int, work: Path, ray: bool, total_tokens: int) -> tuple[float, int]:
-    cmd, out = build_command(folder, work, workers, ray, total_tokens)
+def bench_zaya(folder: Path, workers: int, work: Path, ray: bool, total_tokens: int, shard_rows: int = 4096,
+               address: str | None = None, env: dict[str, str] | None = None) -> tuple[float, int]:
+    cmd, out = build_command(folder, work, workers, ray, total_tokens, shard_rows=shard_rows)
+    if address:
+        cmd += ["--ray-address", address]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     secs = time.perf_counter() - t0
     if r.returncode:
         raise RuntimeError(r.stdout[-2000:] + r.stderr[-3000:])
@@ -142,12 +145,36 @@ def bench_zaya(folder: Path, workers: int, work: Path, ray: bool, total_tokens: 
     return secs, m["sources"]["corpus"]["available_tokens"]
 
 
+def start_ray_head(work: Path, cpus: int) -> tuple[str, dict[str, str]]:
+    """A local Ray head with `cpus` CPUs, as a cluster's would be (stopped at the end); its
+    address, and the environment its clients need (Ray's token authentication, on by
+    default for `ray start`)."""
+    import secrets
+
+    port = 6390
+    token = work / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
+    r = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+                        "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--include-dashboard=false",
+                        "--disable-usage-stats", f"--temp-dir={work / 'ray'}"], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(r.stdout[-2000:] + r.stderr[-2000:])
+    return f"127.0.0.1:{port}", env
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=int, default=40)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--files", type=int, default=0, help="JSONL files (default: 4 per worker)")
     ap.add_argument("--scaling", default="", help="also build with Ray at these worker counts, e.g. 1,2,4,8,16")
+    ap.add_argument("--shard-rows", type=int, default=4096, help="rows per shard (the shard stage's job size)")
+    ap.add_argument("--only-scaling", action="store_true",
+                    help="skip the datatrove, in-process and full-width Ray rows (raw stays: it is the reference)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="scaling builds join one Ray instance started once for them (`ray start --head`), "
+                         "as on a cluster, instead of each starting and stopping its own")
     args = ap.parse_args()
     from zaya_data.tokenizer import load_tokenizer
 
@@ -170,25 +197,33 @@ def main() -> None:
             print(f"{name:48s} {s:8.2f} {n:12,d} {n / s:12,.0f} {n / s / raw_rate:7.2f}", flush=True)
 
         row("raw encode_batch (in memory)", raw_s, raw_tok)
-        row(f"datatrove tokenize pipeline, {args.workers} tasks",
-            *bench_datatrove(tok_path, work / "corpus", args.workers, work))
-        row("zaya-data build, in process (1 core)", *bench_zaya(work / "corpus", 1, work, ray=False,
-                                                                  total_tokens=raw_tok))
-        row(f"zaya-data build, Ray, {args.workers} workers",
-            *bench_zaya(work / "corpus", args.workers, work, ray=True, total_tokens=raw_tok))
+        if not args.only_scaling:
+            row(f"datatrove tokenize pipeline, {args.workers} tasks",
+                *bench_datatrove(tok_path, work / "corpus", args.workers, work))
+            row("zaya-data build, in process (1 core)", *bench_zaya(work / "corpus", 1, work, ray=False,
+                                                                      total_tokens=raw_tok, shard_rows=args.shard_rows))
+            row(f"zaya-data build, Ray, {args.workers} workers",
+                *bench_zaya(work / "corpus", args.workers, work, ray=True, total_tokens=raw_tok,
+                            shard_rows=args.shard_rows))
         counts = [int(x) for x in args.scaling.split(",") if x]
+        address, env = start_ray_head(work, max(counts)) if counts and args.cluster else (None, None)
         if counts:
-            print(f"\n{'Ray workers':>11s} {'seconds':>8s} {'tokens/s':>12s} {'speedup':>8s} {'efficiency':>10s}",
+            how = f"joining one Ray instance ({address})" if address else "each build starting its own Ray"
+            print(f"\nscaling: {how}; shard_rows {args.shard_rows}", flush=True)
+            print(f"{'Ray workers':>11s} {'seconds':>8s} {'tokens/s':>12s} {'speedup':>8s} {'efficiency':>10s}",
                   flush=True)
         base = 0.0
         for w in counts:
             shutil.rmtree(work / "zray", ignore_errors=True)
-            s, n = bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok)
+            s, n = bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok, shard_rows=args.shard_rows,
+                              address=address, env=env)
             rate = n / s
             base = base or rate / w  # per-worker rate of the first (smallest) count
             print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / (base * counts[0]):8.2f} {rate / (base * w):10.2%}",
                   flush=True)
     finally:
+        if args.cluster:  # the head this run started (a benchmark machine runs no other Ray)
+            subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -8,9 +8,10 @@
 #   model     tests/test_model_gpu.py (8B bf16 4K prefill + 128 decode, memory; tiny CUDA vs CPU)
 #   kernels   scripts/gpu_kernels.sh --quick (kernel tests vs float64, then timings)
 #   engine    scripts/gpu_engine.sh (engine tests and decode benchmark)
+#   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
 #   rsa       benchmarks/bench_rsa.py (aggregation examples per GPU-hour, 8B random weights)
 #   rsa2      benchmarks/bench_rsa.py --compare-actors 2 (two GPUs: 2 Ray actors vs 1)
-#   scaling   benchmarks/bench_tokenize.py at 1..16 Ray workers (build throughput)
+#   scaling   benchmarks/bench_tokenize.py at 1..16 Ray workers joining one Ray head (build throughput)
 #   clean     benchmarks/bench_clean.py near-dedup scaling at 1..16 workers
 # Every step's log, and what it wrote, come back in $OUT/results.tar.gz (the tool returns
 # at most 8 files); $OUT/summary.txt holds the table.
@@ -32,13 +33,13 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
 {
   date -u +"%Y-%m-%d %H:%M UTC"; git log -1 --format="commit %h %s" 2>/dev/null
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
-  echo "cpus $(nproc)"; lscpu | grep "Model name"
+  echo "cpus $(nproc)"; lscpu | grep -E "Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|L2 cache|L3 cache|NUMA node\(s\)"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   python3 -c "import ray, pyarrow, tokenizers; print('ray', ray.__version__, 'pyarrow', pyarrow.__version__, 'tokenizers', tokenizers.__version__)" 2>&1 | tail -1
   python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
 } | tee "$R/machine.txt"
 
-declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
+declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
 run_step() {  # name, command...
   local name=$1; shift
   local s=$(date +%s)
@@ -52,11 +53,13 @@ for step in ${STEPS:-model kernels rsa}; do
     kernels) run_step kernels env OUT="$R/kernels" bash scripts/gpu_kernels.sh --quick ;;
     engine)  run_step engine env OUT="$R/engine" ENGINE_TEST_TIMEOUT=130 ENGINE_BENCH_TIMEOUT=150 \
                bash scripts/gpu_engine.sh --time-budget 110 ;;
+    profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \
                --max-new-tokens 128 --baseline-prompts 2 --baseline-batch-size 2 ;;
     rsa2)    run_step rsa2 python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-32}" \
                --max-new-tokens 128 --baseline-prompts 0 --compare-actors 2 ;;
-    scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-32}" --workers 16 --scaling 1,2,4,8,16 ;;
+    scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-32}" --workers 16 --scaling 1,2,4,8,16 \
+               --only-scaling --cluster --shard-rows "${SHARD_ROWS:-512}" ;;
     clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" ;;
     *) echo "unknown step $step" >>"$R/steps.txt" ;;
   esac

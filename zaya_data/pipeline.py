@@ -107,11 +107,21 @@ def _units(mix: MixtureSpec, names: list[str]) -> list[tuple[str, Any]]:
     return [(n, u) for n in names for u in list_units(mix.sources[n])]
 
 
-# A job reads consecutive units of one source until it holds this many bytes or units:
-# a job per small file would spend more time scheduling than reading.
+# A job reads consecutive units of one source until it holds `job_bytes` or JOB_UNITS units:
+# a job per small file would spend more time scheduling than reading, and a few large jobs
+# would leave workers idle. So the size aims at JOBS_TARGET jobs for the phase's input,
+# between MIN_JOB_BYTES and JOB_BYTES. It depends on the input alone, never on the worker
+# count, so part names (what a resumed build looks for) are the same on any cluster.
 JOB_BYTES = 64 << 20
+MIN_JOB_BYTES = 1 << 20
+JOBS_TARGET = 256
 JOB_UNITS = 64
 GENERATED_UNIT_BYTES = 1 << 20  # generator chunks have no file size; count them as 1 MB
+
+
+def job_bytes(total_bytes: int) -> int:
+    """Bytes per job for a phase whose units hold `total_bytes` in all."""
+    return max(MIN_JOB_BYTES, min(JOB_BYTES, total_bytes // JOBS_TARGET))
 
 
 def _unit_bytes(unit: Any) -> int:
@@ -126,6 +136,8 @@ def group_jobs(mix: MixtureSpec, units: list[tuple[str, Any]], work: Path) -> li
     jobs: list[dict[str, Any]] = []
     cur: list[Any] = []
     size = 0
+    sizes = [_unit_bytes(u) for _, u in units]
+    limit = job_bytes(sum(sizes))
 
     def flush(name: str) -> None:
         nonlocal cur, size
@@ -135,13 +147,13 @@ def group_jobs(mix: MixtureSpec, units: list[tuple[str, Any]], work: Path) -> li
         cur, size = [], 0
 
     prev = None
-    for name, unit in units:
+    for (name, unit), unit_size in zip(units, sizes):
         if prev is not None and name != prev:
             flush(prev)
         cur.append(unit)
-        size += _unit_bytes(unit)
+        size += unit_size
         prev = name
-        if size >= JOB_BYTES or len(cur) >= JOB_UNITS:
+        if size >= limit or len(cur) >= JOB_UNITS:
             flush(name)
     if prev is not None:
         flush(prev)

@@ -67,9 +67,14 @@ DROPS_SCHEMA = pa.schema(
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _ROLL = np.uint64(0x100000001B3)  # odd multiplier of the rolling shingle/band hash
-# Shingle hashes go through the (a*x + b) >> 32 permutations in slices of this many
-# columns, so memory stays ~ shingles * 16 * 8 bytes whatever `permutations` is.
+# Shingle hashes go through the (a*x + b) >> 32 permutations in blocks of whole documents
+# of about _SHINGLE_BLOCK shingles, times slices of _PERM_SLICE permutations: the working
+# buffer (_SHINGLE_BLOCK * _PERM_SLICE * 8 bytes = 512 KiB) stays in a core's L2 cache. With
+# whole-batch temporaries (tens of MB) the step was bound by memory bandwidth, which the
+# processes of a many-core machine share (on 695K shingles x 112 permutations, one core:
+# 1.27 s before, 0.16 s blocked).
 _PERM_SLICE = 16
+_SHINGLE_BLOCK = 4096
 _WORD = __import__("re").compile(r"\w+")
 
 
@@ -144,11 +149,28 @@ def minhash(texts: list[str], spec: NearDedupSpec) -> np.ndarray:
     if len(nonempty) == 0:
         return sig
     starts = offsets[:-1][nonempty]
-    for lo in range(0, spec.permutations, _PERM_SLICE):
-        hi = min(lo + _PERM_SLICE, spec.permutations)
-        with np.errstate(over="ignore"):
-            h = ((shingles[:, None] * a[None, lo:hi] + b[None, lo:hi]) >> np.uint64(32)).astype(np.uint32)
-        sig[nonempty, lo:hi] = np.minimum.reduceat(h, starts, axis=0)
+    ends = offsets[1:][nonempty]
+    shift = np.uint64(32)
+    buf = np.empty((_SHINGLE_BLOCK, _PERM_SLICE), dtype=np.uint64)
+    i = 0
+    while i < len(nonempty):
+        # documents i..j-1: as many as end within one block (at least one, however long)
+        j = max(i + 1, int(np.searchsorted(ends, starts[i] + _SHINGLE_BLOCK, side="right")))
+        s0, s1 = starts[i], ends[j - 1]
+        x = shingles[s0:s1, None]
+        if s1 - s0 > len(buf):
+            buf = np.empty((s1 - s0, _PERM_SLICE), dtype=np.uint64)
+        rows = nonempty[i:j]
+        seg = starts[i:j] - s0
+        for lo in range(0, spec.permutations, _PERM_SLICE):
+            hi = min(lo + _PERM_SLICE, spec.permutations)
+            h = buf[: s1 - s0, : hi - lo]
+            with np.errstate(over="ignore"):
+                np.multiply(x, a[None, lo:hi], out=h)
+                np.add(h, b[None, lo:hi], out=h)
+            np.right_shift(h, shift, out=h)
+            sig[rows, lo:hi] = np.minimum.reduceat(h, seg, axis=0)
+        i = j
     return sig
 
 

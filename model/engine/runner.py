@@ -264,13 +264,11 @@ class ModelRunner:
         router_state = None
         for i, lw in enumerate(self.layers):
             qk, q_res, k_res, v = self._project(lw, x)
-            half = v.shape[1] // 2
-            state = cache.conv[i][inp.slots]
-            conv = ops.cca_conv_decode(qk, state, lw.dw_weight, lw.dw_bias, lw.gw_weight, lw.gw_bias)
-            cache.conv[i].index_copy_(0, inp.slots, state)
-            previous = cache.value[i][inp.slots]
-            v_all = torch.cat([v[:, :half], previous], dim=-1).view(-1, self.hk, self.d)
-            cache.value[i].index_copy_(0, inp.slots, v[:, half:].contiguous())
+            # Conv and delayed-value state are read and written in their slots by one op
+            # (no gather / index_copy round trip); padding rows share the scratch slot.
+            conv, v_all = ops.cca_conv_value_decode(qk, v, cache.conv[i], cache.value[i], inp.slots,
+                                                    lw.dw_weight, lw.dw_bias, lw.gw_weight, lw.gw_bias)
+            v_all = v_all.view(-1, self.hk, self.d)
             q, k = self._qk(lw, conv, q_res, k_res, inp.positions)
             cache.k[i].view(-1, self.hk, self.d).index_copy_(0, write_idx, k)
             cache.v[i].view(-1, self.hk, self.d).index_copy_(0, write_idx, v_all)

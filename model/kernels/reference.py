@@ -239,22 +239,64 @@ def cca_conv_decode(
     gw_weight: torch.Tensor,
     gw_bias: torch.Tensor,
     update_state: bool = True,
+    slots: torch.Tensor | None = None,
+    *,
+    block_b: int | None = None,
+    block_k: int | None = None,
 ) -> torch.Tensor:
     """One decode step of CCA's two causal convolutions over the packed [q0, k0] channels.
 
-    qk [B, C] is this token's packed q_proj/k_proj output; conv_state [B, C, 2] holds the same
-    channels at positions t-2, t-1. Depthwise conv (kernel 2, dw_weight [C, 1, 2]) then grouped
-    conv (kernel 2, gw_weight [C, C/G, 2], G groups) evaluated at position t only. Returns the
-    conv output [B, C] (before the q/k residual paths) and, if update_state, shifts the state
-    in place to positions t-1, t.
+    qk [B, C] is this token's packed q_proj/k_proj output; row b's state holds the same
+    channels at positions t-2, t-1: conv_state[b] ([B, C, 2]) when `slots` is None, else
+    conv_state[slots[b]] (conv_state [num_slots, C, 2], e.g. the engine's cache; rows have
+    distinct slots except padding rows sharing one scratch slot, whose state and outputs are
+    garbage). Depthwise conv (kernel 2, dw_weight [C, 1, 2]) then grouped conv (kernel 2,
+    gw_weight [C, C/G, 2], G groups) evaluated at position t only. Returns the conv output
+    [B, C] (before the q/k residual paths) and, if update_state, shifts the state in place to
+    positions t-1, t. `block_b` / `block_k` only change the Triton kernel's tiling; ignored here.
     """
-    window = torch.cat([conv_state, qk[:, :, None].to(conv_state.dtype)], dim=-1)  # [B, C, 3]
+    del block_b, block_k
+    state = conv_state if slots is None else conv_state[slots]
+    window = torch.cat([state, qk[:, :, None].to(state.dtype)], dim=-1)  # [B, C, 3]
     groups = qk.shape[1] // gw_weight.shape[1]
     depth = F.conv1d(window.to(qk.dtype), dw_weight, dw_bias, groups=qk.shape[1])  # [B, C, 2]
     out = F.conv1d(depth, gw_weight, gw_bias, groups=groups)[:, :, 0]
     if update_state:
-        conv_state.copy_(window[:, :, 1:])
+        if slots is None:
+            conv_state.copy_(window[:, :, 1:])
+        else:
+            conv_state.index_copy_(0, slots.long(), window[:, :, 1:])  # index_copy_ wants int64; slots may be int32
     return out
+
+
+def cca_conv_value_decode(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    conv_state: torch.Tensor,
+    value_state: torch.Tensor,
+    slots: torch.Tensor,
+    dw_weight: torch.Tensor,
+    dw_bias: torch.Tensor,
+    gw_weight: torch.Tensor,
+    gw_bias: torch.Tensor,
+    *,
+    block_b: int | None = None,
+    block_k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decode step's per-sequence state: the convolution (`cca_conv_decode` on
+    conv_state[slots], updated) and the delayed value.
+
+    v [B, 2W] is [v_current | v_delayed] of this token; value_state [num_slots, W] holds each
+    slot's previous v_delayed. Returns (conv [B, C], [v_current | previous v_delayed] [B, 2W],
+    the token's value heads) and stores v_delayed in value_state[slots]. Slots as in
+    `cca_conv_decode` (the shared scratch slot of padding rows holds garbage).
+    """
+    conv = cca_conv_decode(qk, conv_state, dw_weight, dw_bias, gw_weight, gw_bias, slots=slots,
+                           block_b=block_b, block_k=block_k)
+    width = value_state.shape[1]
+    previous = value_state[slots]
+    value_state.index_copy_(0, slots.long(), v[:, width:].to(value_state.dtype))
+    return conv, torch.cat([v[:, :width], previous.to(v.dtype)], dim=-1)
 
 
 # --------------------------------------------------------------------------------------------

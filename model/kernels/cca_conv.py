@@ -140,7 +140,8 @@ def _launch(
     cg_pad = max(16, triton.next_power_of_2(cg))
     cfg = kernel_config("conv_decode", qk.device)
     block_b = max(16, cfg.block_m) if block_b is None else block_b
-    block_k = cg_pad if block_k is None else block_k  # default: the whole group in one step
+    # default: the table's chunk of the group's input channels (128: the whole 8B group)
+    block_k = min(cfg.block_k, cg_pad) if block_k is None else block_k
     if block_b < 16 or block_b & (block_b - 1):
         raise ValueError(f"block_b={block_b}: need a power of two >= 16 (tl.dot)")
     if not 8 <= block_k <= cg_pad or block_k & (block_k - 1):

@@ -188,8 +188,15 @@ def schedule(
 
 
 def moe_config(num_tokens: int, num_experts: int, device: torch.device) -> KernelConfig:
-    """Small tiles when experts see few rows (decode), large ones for prefill."""
-    name = "moe_small" if num_tokens <= 32 * num_experts else "moe_large"
+    """Small tiles when experts see a few rows (small decode batches), medium ones for large
+    decode batches (an expert may get hundreds of the rows: each tile re-reads its weights),
+    large ones for prefill."""
+    if num_tokens > 32 * num_experts:
+        name = "moe_large"
+    elif num_tokens >= 64:
+        name = "moe_medium"
+    else:
+        name = "moe_small"
     return kernel_config(name, device)
 
 

@@ -7,11 +7,18 @@ numbers came from (measured on which GPU, on which date, or not measured at all)
 
 Lookup: `kernel_config(kernel, device_name)` picks the first table entry whose key is a
 substring of the device name (``torch.cuda.get_device_name()``), else ``DEFAULT``.
+
+Overrides: ``ZAYA_KERNEL_TUNING=path.json`` (``{"moe_medium": {"block_m": 64, ...}, ...}``)
+replaces fields of the named entries for every device, so a sweep on new hardware (an
+MI300X, say; scripts/tune_decode.py writes such a file) takes effect without editing this
+module. Unknown kernels or fields in the file are an error, not ignored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Mapping
 
@@ -38,8 +45,11 @@ class KernelConfig:
 #   prefill_attention   block_m query rows x block_n keys per step (flash-attention tiling)
 #   decode_attention    block_n cached tokens per step; block_m = split-K target programs per SM;
 #                       block_k = fewest cached tokens one split handles
-#   conv_decode         block_m batch rows per program (>= 16 for tl.dot)
+#   conv_decode         block_m batch rows per program (>= 16 for tl.dot); block_k input
+#                       channels of a group per step (capped at the group's width)
 #   moe_small           grouped GEMM when few tokens per expert (decode): block_m rows per tile
+#   moe_medium          grouped GEMM at decode batches of 64 or more tokens (experts may see
+#                       tens to hundreds of rows: larger tiles re-read each expert's weights less)
 #   moe_large           grouped GEMM for prefill-sized token counts
 #   router              block_m tokens per program; block_k = chunk of the router width
 DeviceTable = Mapping[str, KernelConfig]
@@ -57,9 +67,12 @@ _HOPPER: DeviceTable = {
     # Split target 1/2/4/8 were within 3% at B=1 and B=64 (S=4096).
     "decode_attention": KernelConfig(block_m=2, block_n=64, block_k=128, num_warps=4, num_stages=2),
     # B=1: 4 warps 24.0 us, 8 warps 22.8; B=256: 29.2 vs 34.4; block_m=32 spills (154 us)
-    "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
+    "conv_decode": KernelConfig(block_m=16, block_k=128, num_warps=4, num_stages=1),
     # T=1 / T=256 of 16 experts: 84.0 / 239.8 us, all six candidates within 10%
     "moe_small": KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3),
+    # first guess (64-row tiles are the smallest Hopper's warpgroup MMA takes); re-time with
+    # scripts/tune_decode.py, whose JSON output ZAYA_KERNEL_TUNING loads
+    "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3),
     # T=8192: 128x128x64 w8 s3 635 us; 128x64 w4 685; 64x128 w4 802; 128x256 w8 out of shared memory
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
     # T=1: chunk 128 w8 s2 15.0 us; chunk 64 w4 s1 18.3
@@ -75,8 +88,9 @@ _MI300X: DeviceTable = {
     "rotary": KernelConfig(num_warps=4),
     "prefill_attention": KernelConfig(block_m=128, block_n=64, num_warps=4, num_stages=1),
     "decode_attention": KernelConfig(block_m=2, block_n=64, block_k=256, num_warps=4, num_stages=1),
-    "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
+    "conv_decode": KernelConfig(block_m=16, block_k=128, num_warps=4, num_stages=1),
     "moe_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2),
+    "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=2),
     "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
 }
@@ -88,8 +102,9 @@ DEFAULT: DeviceTable = {
     "rotary": KernelConfig(num_warps=4),
     "prefill_attention": KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
     "decode_attention": KernelConfig(block_m=2, block_n=64, block_k=256, num_warps=4, num_stages=2),
-    "conv_decode": KernelConfig(block_m=16, num_warps=4, num_stages=1),
+    "conv_decode": KernelConfig(block_m=16, block_k=128, num_warps=4, num_stages=1),
     "moe_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2),
+    "moe_medium": KernelConfig(block_m=32, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "moe_large": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
 }
@@ -131,7 +146,29 @@ def kernel_config(kernel: str, device: torch.device | str | None = None) -> Kern
     table = _table_for(device_name(device))
     if kernel not in table:
         raise KeyError(f"no launch parameters for kernel {kernel!r}; known: {sorted(table)}")
-    return table[kernel]
+    override = _overrides(os.environ.get("ZAYA_KERNEL_TUNING", "")).get(kernel)
+    return replace(table[kernel], **override) if override else table[kernel]
+
+
+@lru_cache(maxsize=None)
+def _overrides(path: str) -> dict[str, dict[str, int]]:
+    if not path:
+        return {}
+    try:
+        data = json.loads(open(path).read())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"ZAYA_KERNEL_TUNING={path}: cannot read a JSON object ({e})") from e
+    known = {f.name for f in fields(KernelConfig)}
+    if not isinstance(data, dict):
+        raise ValueError(f"ZAYA_KERNEL_TUNING={path}: expected an object of kernel -> fields")
+    for kernel, entry in data.items():
+        if kernel not in DEFAULT:
+            raise ValueError(f"ZAYA_KERNEL_TUNING={path}: unknown kernel {kernel!r}; known: {sorted(DEFAULT)}")
+        if not isinstance(entry, dict) or not set(entry) <= known or not all(
+                isinstance(v, int) and v > 0 for v in entry.values()):
+            raise ValueError(f"ZAYA_KERNEL_TUNING={path}: {kernel!r} must map fields {sorted(known)} "
+                             f"to positive integers, got {entry!r}")
+    return data
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,164 @@
+"""Sweep launch parameters of the decode-regime kernels on this GPU; write the winners as a
+ZAYA_KERNEL_TUNING file (model/kernels/tuning.py) and print a table.
+
+    python scripts/tune_decode.py --out DIR        # then: export ZAYA_KERNEL_TUNING=DIR/tuning.json
+
+Cases (8B shapes: 16 experts of 2048 x 2048 SwiGLU, hidden 2048; 10 conv groups of 128):
+  moe_medium   T=64 and T=256 tokens, routed uniformly over 16 experts and skewed over 5
+               (what random weights give: ~4.6 experts touched per layer at batch 256); a
+               candidate's score is the sum of its times over the four cases;
+  conv_decode  the slot-indexed conv + delayed-value update at B=64 and B=256.
+Each time is the median of CUDA-graph replays with L2 flushed between them (each layer of a
+decode step reads other weights, so the cache is cold). The incumbent (the table's entry) is
+always a candidate, so the written file is never worse than the table on these cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.kernels.cca_conv import cca_conv_value_decode  # noqa: E402
+from model.kernels.moe import moe_top1  # noqa: E402
+from model.kernels.tuning import KernelConfig, kernel_config  # noqa: E402
+
+FLUSH = None
+
+
+def graph_time(fn: Callable[[], Any], reps: int = 15) -> float:
+    """Median microseconds of a CUDA-graph replay of fn, L2 flushed before each."""
+    global FLUSH
+    if FLUSH is None:
+        FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    times = []
+    for _ in range(reps):
+        FLUSH.zero_()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    return statistics.median(times)
+
+
+def with_override(kernel: str, cfg: KernelConfig, path: Path) -> None:
+    path.write_text(json.dumps({kernel: asdict(cfg)}))
+    os.environ["ZAYA_KERNEL_TUNING"] = str(path)
+
+
+def tune_moe(out: Path) -> tuple[KernelConfig, list[str]]:
+    e, h, i = 16, 2048, 2048
+    g = torch.Generator(device="cuda").manual_seed(0)
+    gate_up = torch.randn(e, 2 * i, h, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    down = torch.randn(e, h, i, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    cases = {}
+    for t in (64, 256):
+        x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16, generator=g)
+        w = torch.rand(t, device="cuda", generator=g)
+        uniform = torch.randint(0, e, (t,), device="cuda", generator=g)
+        probs = torch.tensor([0.4, 0.25, 0.15, 0.12, 0.08], device="cuda")
+        skewed = torch.multinomial(probs, t, replacement=True, generator=g) * 3
+        cases[f"T={t} uniform"] = (x, uniform, w)
+        cases[f"T={t} skewed"] = (x, skewed, w)
+    incumbent = kernel_config("moe_medium", "cuda")
+    grid = [incumbent, KernelConfig(16, 64, 256, 4, 3), KernelConfig(32, 64, 128, 4, 3),
+            KernelConfig(64, 64, 128, 4, 3), KernelConfig(64, 128, 64, 4, 3), KernelConfig(64, 64, 64, 4, 4),
+            KernelConfig(64, 128, 128, 8, 3), KernelConfig(128, 64, 64, 8, 3), KernelConfig(64, 32, 128, 4, 3),
+            KernelConfig(32, 128, 128, 4, 3), KernelConfig(64, 64, 256, 4, 2)]
+    lines, best = [], (float("inf"), incumbent)
+    for cfg in dict.fromkeys(grid):
+        with_override("moe_medium", cfg, out / "candidate.json")
+        try:
+            times = {name: graph_time(lambda c=c: moe_top1(c[0], c[1], c[2], gate_up, down)) for name, c in cases.items()}
+        except Exception as exc:  # out of shared memory, say: not a candidate
+            lines.append(f"moe_medium {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
+            continue
+        total = sum(times.values())
+        lines.append(f"moe_medium {cfg.block_m:4d} {cfg.block_n:4d} {cfg.block_k:4d} w{cfg.num_warps} s{cfg.num_stages}  "
+                     + "  ".join(f"{k} {v:7.1f}" for k, v in times.items()) + f"  sum {total:7.1f} us"
+                     + ("  (table)" if cfg == incumbent else ""))
+        best = min(best, (total, cfg), key=lambda p: p[0])
+    os.environ.pop("ZAYA_KERNEL_TUNING", None)
+    return best[1], lines
+
+
+def tune_conv(out: Path) -> tuple[KernelConfig, list[str]]:
+    c, cg, width, slots_n = 1280, 128, 256, 300
+    g = torch.Generator(device="cuda").manual_seed(1)
+    dw = torch.randn(c, 1, 2, device="cuda", dtype=torch.bfloat16, generator=g)
+    db = torch.randn(c, device="cuda", dtype=torch.bfloat16, generator=g)
+    gw = torch.randn(c, cg, 2, device="cuda", dtype=torch.bfloat16, generator=g) * 0.05
+    gb = torch.randn(c, device="cuda", dtype=torch.bfloat16, generator=g)
+    conv_state = torch.randn(slots_n, c, 2, device="cuda", dtype=torch.bfloat16, generator=g)
+    value_state = torch.randn(slots_n, width, device="cuda", dtype=torch.bfloat16, generator=g)
+    cases = {}
+    for b in (64, 256):
+        qk = torch.randn(b, c, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn(b, 2 * width, device="cuda", dtype=torch.bfloat16, generator=g)
+        slots = torch.randperm(slots_n, device="cuda", generator=g)[:b]
+        cases[f"B={b}"] = (qk, v, slots)
+    incumbent = kernel_config("conv_decode", "cuda")
+    grid = [incumbent] + [KernelConfig(block_m=bb, block_k=bk, num_warps=w, num_stages=1)
+                          for bb in (16, 32, 64) for bk in (32, 64, 128) for w in (4, 8)]
+    lines, best = [], (float("inf"), incumbent)
+    for cfg in dict.fromkeys(grid):
+        with_override("conv_decode", cfg, out / "candidate.json")
+        try:
+            times = {name: graph_time(lambda x=x: cca_conv_value_decode(x[0], x[1], conv_state, value_state, x[2],
+                                                                        dw, db, gw, gb))
+                     for name, x in cases.items()}
+        except Exception as exc:
+            lines.append(f"conv_decode {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
+            continue
+        total = sum(times.values())
+        lines.append(f"conv_decode block_b {cfg.block_m:3d} block_k {cfg.block_k:3d} w{cfg.num_warps}  "
+                     + "  ".join(f"{k} {v:6.1f}" for k, v in times.items()) + f"  sum {total:6.1f} us"
+                     + ("  (table)" if cfg == incumbent else ""))
+        best = min(best, (total, cfg), key=lambda p: p[0])
+    os.environ.pop("ZAYA_KERNEL_TUNING", None)
+    return best[1], lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("out/tune"))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("tune_decode: no CUDA device; nothing to tune")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"# decode kernel sweep on {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    moe, moe_lines = tune_moe(args.out)
+    for line in moe_lines:
+        print(line, flush=True)
+    result = {"moe_medium": asdict(moe)}
+    try:
+        conv, conv_lines = tune_conv(args.out)
+        for line in conv_lines:
+            print(line, flush=True)
+        result["conv_decode"] = {"block_m": conv.block_m, "block_k": conv.block_k, "num_warps": conv.num_warps}
+    except Exception as exc:
+        print(f"conv sweep failed: {type(exc).__name__}: {exc}")
+    (args.out / "tuning.json").write_text(json.dumps(result, indent=1))
+    print(f"winners -> {args.out / 'tuning.json'}: {json.dumps(result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -275,8 +275,10 @@ SCALE_CHUNKS = 64  # fixed, so every pool size does exactly the same work
 SCALE_PARTITIONS = 64
 
 
-def _scale_map(args: tuple[int, str]) -> int:
-    """Chunk -> signatures -> bucket keys, written as one file per hash partition."""
+def _scale_map(args: tuple[int, str]) -> tuple[int, float]:
+    """Chunk -> signatures -> bucket keys, written as one file per hash partition. Returns
+    the chunk's documents and the seconds the task took inside the worker."""
+    t0 = time.perf_counter()
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -301,7 +303,20 @@ def _scale_map(args: tuple[int, str]) -> int:
         sub = keys.filter(pc.equal(part, p))
         with pa.OSFile(f"{work}/keys-{chunk:03d}-{p:03d}.arrow", "wb") as f, pa.ipc.new_file(f, sub.schema) as w:
             w.write_table(sub)
-    return m
+    return m, time.perf_counter() - t0
+
+
+def _calibration_task(_: int) -> float:
+    """A fixed, trivially parallel CPU task (hashing and a Python loop, in cache): how well
+    the machine itself scales over k busy cores (clock boost, shared caches), the ceiling
+    for any CPU-bound pipeline on it."""
+    import xxhash
+
+    t0 = time.perf_counter()
+    acc = 0
+    for i in range(300_000):
+        acc ^= xxhash.xxh3_64_intdigest(b"calibration %d" % i)
+    return time.perf_counter() - t0
 
 
 def _scale_reduce(args: tuple[int, str]) -> bytes:
@@ -352,8 +367,11 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     if skipped:
         print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
-    print("| cores | wall s | signatures s | resolve s | docs/s | MB/s | speedup | efficiency | drops |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| cores | wall s | signatures s | resolve s | docs/s | MB/s | speedup | efficiency | map task s (sum) "
+          "| machine efficiency | drops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    calib_ref = None
+    task_ref = None
     ref = None  # core-seconds of the first run: T1 when the list starts with 1
     first_drops = None
     ctx = mp.get_context("fork")  # workers inherit the corpus instead of receiving it
@@ -362,19 +380,27 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
         work.mkdir(parents=True)
         t0 = time.perf_counter()
         with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker, initargs=(ctx.Value("i", 0),)) as pool:
-            docs = sum(pool.map(_scale_map, [(c, str(work)) for c in range(SCALE_CHUNKS)]))
+            done = list(pool.map(_scale_map, [(c, str(work)) for c in range(SCALE_CHUNKS)]))
             t1 = time.perf_counter()
             blobs = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
-        drops = resolve_edges(pa.ipc.open_stream(b).read_all() for b in blobs)
-        wall = time.perf_counter() - t0
+            drops = resolve_edges(pa.ipc.open_stream(b).read_all() for b in blobs)
+            wall = time.perf_counter() - t0
+            # the machine's own scaling, measured on the same pool right after
+            c0 = time.perf_counter()
+            list(pool.map(_calibration_task, range(4 * k)))
+            calib = (time.perf_counter() - c0) / (4 * k / k)  # seconds per round of k tasks
+        docs = sum(m for m, _ in done)
+        task_s = sum(t for _, t in done)
+        calib_ref = calib if calib_ref is None else calib_ref
+        task_ref = task_s if task_ref is None else task_ref
         shutil.rmtree(work, ignore_errors=True)
         assert docs == n
         first_drops = drops if first_drops is None else first_drops
         same = drops.equals(first_drops)
         ref = wall * k if ref is None else ref
         print(f"| {k} | {wall:.2f} | {t1 - t0:.2f} | {wall - (t1 - t0):.2f} | {n / wall:.0f} | {mb / wall:.2f} | "
-              f"{ref / wall:.2f}x | {ref / (k * wall):.0%} | "
-              f"{drops.num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
+              f"{ref / wall:.2f}x | {ref / (k * wall):.0%} | {task_s:.1f} ({task_s / task_ref:.2f}x) | "
+              f"{calib_ref / calib:.0%} | {drops.num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
         sys.stdout.flush()
 
 

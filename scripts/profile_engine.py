@@ -32,6 +32,7 @@ from model.engine.sampler import SamplingBatch, sample  # noqa: E402
 from model.engine.sequence import Status  # noqa: E402
 
 
+@torch.inference_mode()
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=256)
@@ -80,15 +81,14 @@ def main() -> int:
     # kernel breakdown of eager decode steps
     splits = engine._splits(b, max_len)
     inp = decode_inputs(host.to(engine.device))
-    with torch.inference_mode():
-        engine.runner.decode(inp, splits)
-        torch.cuda.synchronize()
-        from torch.profiler import ProfilerActivity, profile
+    engine.runner.decode(inp, splits)
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(args.profile_steps):
-                engine.runner.decode(inp, splits)
-            torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.profile_steps):
+            engine.runner.decode(inp, splits)
+        torch.cuda.synchronize()
     rows = []
     for e in prof.key_averages():
         dev_us = getattr(e, "device_time_total", None)

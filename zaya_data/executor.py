@@ -196,17 +196,7 @@ class RayExecutor:
             actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
             for node in _spread_over_cpus(ray.nodes(), self.workers)
         ]
-
-        # Ray Data still runs the build-wide dedup (zaya_data.clean); imported after the
-        # actors are asked for, so its import time overlaps their start-up.
-        import ray.data
-
-        # Ray Data logs every dataset's plan at INFO; our progress bar and summary say it.
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # ours counts jobs; Ray's would interleave
-        ctx.verbose_progress = False
+        logging.getLogger("ray").setLevel(logging.ERROR)
 
     def map_jobs(self, worker_cls, init_kwargs, jobs, desc):
         import ray
@@ -257,6 +247,19 @@ class RayExecutor:
         self._actors = []
         if self._owns_ray:
             ray.shutdown()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data runs only the build-wide dedup (zaya_data.clean), so it is imported there,
+    not with the executor: its import costs ~0.5 s that a build without dedup need not pay.
+    It logs every dataset's plan at INFO and draws its own progress bars; our bar and
+    summary say the same, and Ray's would interleave with them."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
 
 
 def make_executor(kind: str, address: str | None, workers: int | None, progress: bool) -> Executor:

@@ -490,6 +490,9 @@ def _ray_signatures(paths: list[str]) -> Any:
     handling imports an fsspec API that the installed fsspec no longer has.)"""
     import ray.data
 
+    from zaya_data.executor import quiet_ray_data
+
+    quiet_ray_data()
     files = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
     return files.map_batches(_read_signature_files, batch_format="pyarrow", batch_size=1)
 

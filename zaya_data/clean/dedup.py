@@ -309,45 +309,69 @@ def bucket_edges(keys: pa.Table, threshold: float) -> pa.Table:
 
 
 def resolve_edges(edges: Iterable[pa.Table]) -> pa.Table:
-    """Union-find over links; returns the drop list (DROPS_SCHEMA), sorted by key."""
+    """Union-find over links; returns the drop list (DROPS_SCHEMA), sorted by key. Each
+    cluster keeps its smallest key (KEY_COLUMNS order); the others are dropped, "exact"
+    when they were the member of an exact link, else "near".
+
+    Vectorized, because it is the one step of a build's dedup that runs in one process:
+    keys become their ranks in key order (one Arrow sort), and clusters are found by
+    min-label hooking with pointer jumping over the rank arrays; a cluster's label ends as
+    its smallest rank, which is its smallest key.
+    """
     tables = [t for t in edges if t.num_rows]
     if not tables:
         return DROPS_SCHEMA.empty_table()
-    e = pa.concat_tables(tables).to_pydict()
-    parent: dict[tuple, tuple] = {}
-
-    def find(x: tuple) -> tuple:
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(x, x) != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
-    exact_members: set[tuple] = set()
-    m_keys = list(zip(*(e[f"m_{c}"] for c in KEY_COLUMNS)))
-    a_keys = list(zip(*(e[f"a_{c}"] for c in KEY_COLUMNS)))
-    for m, a, ex in zip(m_keys, a_keys, e["exact"]):
-        if ex:
-            exact_members.add(m)
-        rm, ra = find(m), find(a)
-        if rm != ra:
-            # the smaller key becomes the root, so each cluster's root is its minimum
-            lo, hi = (rm, ra) if rm < ra else (ra, rm)
-            parent[hi] = lo
-    rows = sorted(k for k in set(m_keys) | set(a_keys) if find(k) != k)
-    ix = {c: KEY_COLUMNS.index(c) for c in KEY_COLUMNS}
+    e = pa.concat_tables(tables).combine_chunks()
+    n = e.num_rows
+    both = pa.concat_tables([
+        e.select([f"{side}_{c}" for c in KEY_COLUMNS]).rename_columns(KEY_COLUMNS) for side in ("m", "a")
+    ]).combine_chunks()
+    order = pc.sort_indices(both, sort_keys=[(c, "ascending") for c in KEY_COLUMNS]).to_numpy()
+    ordered = both.take(pa.array(order))
+    new_key = np.zeros(2 * n, dtype=bool)
+    new_key[0] = True
+    for c in KEY_COLUMNS:
+        col = ordered.column(c).combine_chunks()
+        new_key[1:] |= pc.not_equal(col.slice(1), col.slice(0, 2 * n - 1)).to_numpy(zero_copy_only=False)
+    node = np.empty(2 * n, dtype=np.int64)
+    node[order] = np.cumsum(new_key) - 1
+    u, v = node[:n], node[n:]
+    unique = ordered.filter(pa.array(new_key))
+    label = _min_labels(unique.num_rows, u, v)
+    exact = np.zeros(unique.num_rows, dtype=bool)
+    exact[u[e.column("exact").to_numpy(zero_copy_only=False)]] = True
+    drop = np.flatnonzero(label != np.arange(unique.num_rows))
+    rows = unique.take(pa.array(drop))
     return pa.table(
         {
-            "id": [k[ix["id"]] for k in rows],
-            "source": [k[ix["source"]] for k in rows],
-            "file_index": [k[ix["file_index"]] for k in rows],
-            "row_index": [k[ix["row_index"]] for k in rows],
-            "reason": [EXACT if k in exact_members else NEAR for k in rows],
-            "survivor_id": [find(k)[ix["id"]] for k in rows],
+            "id": rows.column("id"),
+            "source": rows.column("source"),
+            "file_index": rows.column("file_index"),
+            "row_index": rows.column("row_index"),
+            "reason": pa.array(np.where(exact[drop], EXACT, NEAR).tolist(), pa.string()),
+            "survivor_id": unique.column("id").take(pa.array(label[drop])),
         },
         schema=DROPS_SCHEMA,
     )
+
+
+def _min_labels(num_nodes: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """For every node, the smallest node of its connected component (edges u[i]-v[i])."""
+    label = np.arange(num_nodes, dtype=np.int64)
+    while True:
+        lu, lv = label[u], label[v]
+        if np.array_equal(lu, lv):
+            return label
+        # hook: each root takes the smallest label seen across its edges
+        low = np.minimum(lu, lv)
+        np.minimum.at(label, lu, low)
+        np.minimum.at(label, lv, low)
+        # compress: follow labels to their fixed point (labels only decrease, so this ends)
+        while True:
+            nxt = label[label]
+            if np.array_equal(nxt, label):
+                break
+            label = nxt
 
 
 def threshold_of(spec: CleanSpec) -> float:

@@ -145,6 +145,32 @@ def bench_zaya(folder: Path, workers: int, work: Path, ray: bool, total_tokens: 
     return secs, m["sources"]["corpus"]["available_tokens"]
 
 
+def raw_subprocess(tok_path: str, folder: Path, mb: int, threads: int) -> tuple[float, int]:
+    """bench_raw in a fresh process (Rayon sizes its pool once per process) over the first
+    `mb` megabytes of the corpus files."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from pathlib import Path
+from bench_tokenize import bench_raw
+texts, size = [], 0
+for f in sorted(Path({str(folder)!r}).glob("*.jsonl")):
+    for line in f.open():
+        if size >= {mb} * 1_000_000:
+            break
+        t = json.loads(line)["text"]
+        texts.append(t)
+        size += len(t.encode())
+s, n = bench_raw({tok_path!r}, texts, {threads})
+print(s, n)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
+    s, n = r.stdout.split()
+    return float(s), int(n)
+
+
 def start_ray_head(work: Path, cpus: int) -> tuple[str, dict[str, str]]:
     """A local Ray head with `cpus` CPUs, as a cluster's would be (stopped at the end); its
     address, and the environment its clients need (Ray's token authentication, on by
@@ -172,6 +198,10 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=4096, help="rows per shard (the shard stage's job size)")
     ap.add_argument("--only-scaling", action="store_true",
                     help="skip the datatrove, in-process and full-width Ray rows (raw stays: it is the reference)")
+    ap.add_argument("--raw-scaling", default="", metavar="K,K,...",
+                    help="raw encode_batch with K Rayon threads (a fresh process each) on the first --raw-mb "
+                         "of the corpus: how the tokenizer itself scales on this machine")
+    ap.add_argument("--raw-mb", type=int, default=40)
     ap.add_argument("--cluster", action="store_true",
                     help="scaling builds join one Ray instance started once for them (`ray start --head`), "
                          "as on a cluster, instead of each starting and stopping its own")
@@ -205,6 +235,16 @@ def main() -> None:
             row(f"zaya-data build, Ray, {args.workers} workers",
                 *bench_zaya(work / "corpus", args.workers, work, ray=True, total_tokens=raw_tok,
                             shard_rows=args.shard_rows))
+        raw_counts = [int(x) for x in args.raw_scaling.split(",") if x]
+        if raw_counts:
+            print(f"\nraw encode_batch on the first {args.raw_mb} MB, one process per thread count", flush=True)
+            print(f"{'threads':>11s} {'seconds':>8s} {'tokens/s':>12s} {'speedup':>8s} {'efficiency':>10s}", flush=True)
+        raw_base = 0.0
+        for k in raw_counts:
+            s, n = raw_subprocess(tok_path, work / "corpus", args.raw_mb, k)
+            raw_base = raw_base or n / s / k
+            print(f"{k:11d} {s:8.2f} {n / s:12,.0f} {n / s / (raw_base * raw_counts[0]):8.2f} "
+                  f"{n / s / (raw_base * k):10.2%}", flush=True)
         counts = [int(x) for x in args.scaling.split(",") if x]
         address, env = start_ray_head(work, max(counts)) if counts and args.cluster else (None, None)
         if counts:

@@ -9,6 +9,10 @@
 #   kernels   scripts/gpu_kernels.sh --quick (kernel tests vs float64, then timings)
 #   engine    scripts/gpu_engine.sh (engine tests and decode benchmark)
 #   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
+#   tune      scripts/tune_decode.py: sweep moe_medium/conv_decode; later steps use the winners
+#             (ZAYA_KERNEL_TUNING)
+#   gputests  the kernel GPU tests of the conv slots, the sampler and the 8B engine (graphs)
+#   sampler   scripts/bench_sampler.py (fused Gumbel sampler vs the PyTorch path)
 #   rsa       benchmarks/bench_rsa.py (aggregation examples per GPU-hour, 8B random weights)
 #   rsa2      benchmarks/bench_rsa.py --compare-actors 2 (two GPUs: 2 Ray actors vs 1)
 #   scaling   benchmarks/bench_tokenize.py at 1..16 Ray workers joining one Ray head (build throughput)
@@ -39,7 +43,7 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
   python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
 } | tee "$R/machine.txt"
 
-declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
+declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [tune]=${TUNE_LIMIT:-120} [gputests]=${GPUTESTS_LIMIT:-150} [sampler]=60 [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
 run_step() {  # name, command...
   local name=$1; shift
   local s=$(date +%s)
@@ -53,12 +57,19 @@ for step in ${STEPS:-model kernels rsa}; do
     kernels) run_step kernels env OUT="$R/kernels" bash scripts/gpu_kernels.sh --quick ;;
     engine)  run_step engine env OUT="$R/engine" ENGINE_TEST_TIMEOUT=130 ENGINE_BENCH_TIMEOUT=150 \
                bash scripts/gpu_engine.sh --time-budget 110 ;;
+    tune)    run_step tune python3 scripts/tune_decode.py --out "$R/tune"
+             [ -f "$R/tune/tuning.json" ] && export ZAYA_KERNEL_TUNING="$R/tune/tuning.json" ;;
+    gputests) run_step gputests python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider \
+               tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_kernels_gpu.py \
+               tests/test_engine_gpu.py -k "conv or moe or sampl or slot or 8b or (tiny and graphs)" ;;
+    sampler) run_step sampler python3 scripts/bench_sampler.py ;;
     profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \
                --max-new-tokens 128 --baseline-prompts 2 --baseline-batch-size 2 ;;
     rsa2)    run_step rsa2 python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-32}" \
                --max-new-tokens 128 --baseline-prompts 0 --compare-actors 2 ;;
-    scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-32}" --workers 16 --scaling 1,2,4,8,16 \
+    scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-32}" --workers 16 \
+               --scaling "${SCALING_COUNTS:-1,2,4,8,16}" --raw-scaling "${RAW_COUNTS:-}" --raw-mb "${RAW_MB:-40}" \
                --only-scaling --cluster --shard-rows "${SHARD_ROWS:-512}" ;;
     clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" ;;
     *) echo "unknown step $step" >>"$R/steps.txt" ;;

@@ -171,16 +171,23 @@ print(s, n)
     return float(s), int(n)
 
 
-def start_ray_head(work: Path, cpus: int) -> tuple[str, dict[str, str]]:
+# glibc settings that keep freed memory in each process instead of returning it to the
+# kernel (no fresh page faults for every large allocation): the `--malloc-keep` variant.
+MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+               "MALLOC_TOP_PAD_": str(64 << 20)}
+
+
+def start_ray_head(work: Path, cpus: int, extra_env: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """A local Ray head with `cpus` CPUs, as a cluster's would be (stopped at the end); its
     address, and the environment its clients need (Ray's token authentication, on by
-    default for `ray start`)."""
+    default for `ray start`). `extra_env` reaches the workers (they inherit the raylet's)."""
     import secrets
 
     port = 6390
     token = work / "ray_auth_token"
     token.write_text(secrets.token_hex(32))
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0",
+           **(extra_env or {})}
     r = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
                         "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--include-dashboard=false",
                         "--disable-usage-stats", f"--temp-dir={work / 'ray'}"], capture_output=True, text=True, env=env)
@@ -202,6 +209,12 @@ def main() -> None:
                     help="raw encode_batch with K Rayon threads (a fresh process each) on the first --raw-mb "
                          "of the corpus: how the tokenizer itself scales on this machine")
     ap.add_argument("--raw-mb", type=int, default=40)
+    ap.add_argument("--base-rate", type=float, default=0.0,
+                    help="tokens/s of one worker measured earlier on the same corpus and machine: efficiencies "
+                         "are against it instead of the first count (for a run of the large counts only)")
+    ap.add_argument("--malloc-keep", action="store_true",
+                    help="with --cluster: after the scaling rows, restart the head with glibc's MALLOC_* set to keep "
+                         "freed memory (MALLOC_KEEP) and build again at the largest count")
     ap.add_argument("--cluster", action="store_true",
                     help="scaling builds join one Ray instance started once for them (`ray start --head`), "
                          "as on a cluster, instead of each starting and stopping its own")
@@ -252,15 +265,27 @@ def main() -> None:
             print(f"\nscaling: {how}; shard_rows {args.shard_rows}", flush=True)
             print(f"{'Ray workers':>11s} {'seconds':>8s} {'tokens/s':>12s} {'speedup':>8s} {'efficiency':>10s}",
                   flush=True)
-        base = 0.0
+        base = args.base_rate
+        if base and counts:
+            print(f"(efficiency against one worker at {base:,.0f} tokens/s, measured earlier)", flush=True)
         for w in counts:
             shutil.rmtree(work / "zray", ignore_errors=True)
             s, n = bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok, shard_rows=args.shard_rows,
                               address=address, env=env)
             rate = n / s
             base = base or rate / w  # per-worker rate of the first (smallest) count
-            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / (base * counts[0]):8.2f} {rate / (base * w):10.2%}",
+            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / base:8.2f} {rate / (base * w):10.2%}",
                   flush=True)
+        if counts and args.cluster and args.malloc_keep:
+            subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+            address, env = start_ray_head(work, max(counts), MALLOC_KEEP)
+            w = max(counts)
+            shutil.rmtree(work / "zray", ignore_errors=True)
+            s, n = bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok, shard_rows=args.shard_rows,
+                              address=address, env=env)
+            rate = n / s
+            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / base:8.2f} {rate / (base * w):10.2%}"
+                  f"  (workers with {' '.join(f'{k}={v}' for k, v in MALLOC_KEEP.items())})", flush=True)
     finally:
         if args.cluster:  # the head this run started (a benchmark machine runs no other Ray)
             subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)

@@ -44,7 +44,11 @@ def gumbel_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) noise [B, N] for rows `keys` [B] and vocabulary ids `token_ids` [B, N] or [N]."""
     x = _mix32((keys[:, None] ^ ((token_ids * 0x2C1B3C6D) & _MASK32)) & _MASK32)
     x = _mix32(x ^ 0x165667B1)
-    u = ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1), exact in fp32
+    # m = x >> 8 < 2^24; m + 0.5 is exact only for m < 2^23 (above, fp32 rounds it to an even
+    # integer). m = 2^24 - 1 rounds to u = 1, whose noise is +inf: that token would win the row
+    # whatever its logit (once per ~64 rows at V = 262,272), so u is capped at 1 - 2^-24.
+    u = ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    u = u.clamp_max(1.0 - 2.0**-24)  # in (0, 1)
     return -torch.log(-torch.log(u))
 
 

@@ -9,6 +9,12 @@ its batch companions, the step it joined, or a preemption and recompute; and the
 sampled in a few vectorized launches (argmax over logits + noise is an exact draw from the
 softmax). The draws differ from `model.generate`'s torch.Generator streams: same distribution,
 different random numbers.
+
+Because the noise is a pure function of (key, token id), it never has to be materialized: on
+CUDA, rows without cuts are drawn by one fused Triton pass over the logits
+(`model.kernels.sampling.gumbel_argmax`) that recomputes the same hash and the same fp32 ops
+and so returns the same tokens as `sample_torch`, the PyTorch path kept here as its reference,
+as the CPU path, and for top-k/top-p (which need a sort).
 """
 
 from __future__ import annotations
@@ -76,7 +82,21 @@ class SamplingBatch:
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Next token per row [B] (int64) from logits [B, V]."""
+    """Next token per row [B] (int64) from logits [B, V].
+
+    On CUDA without cuts, one fused Triton pass (`model.kernels.sampling.gumbel_argmax`, the
+    same draws as `sample_torch`, which is ~10 [B, V] int64 kernels); otherwise `sample_torch`.
+    """
+    if logits.is_cuda and not batch.all_greedy and not batch.any_cut:
+        # Imported here: importing Triton is slow, and tests choose the interpreter before it.
+        from model.kernels.sampling import gumbel_argmax
+
+        return gumbel_argmax(logits, batch.temperature, row_keys(batch.seeds, batch.steps))
+    return sample_torch(logits, batch)
+
+
+def sample_torch(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """The PyTorch sampler: the reference for the fused kernel, the CPU path, and top-k/top-p."""
     logits = logits.float()
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:

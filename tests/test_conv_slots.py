@@ -22,6 +22,16 @@ _HAS_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if _HAS_GPU else "cpu"
 needs_triton = pytest.mark.skipif(not (_HAS_GPU or _INTERPRET), reason="needs a GPU (or TRITON_INTERPRET=1)")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+@pytest.fixture(autouse=True)
+def _strict_fp32_reference():
+    """cuDNN convolutions default to TF32 on CUDA (rel. error ~3e-4 in fp32, measured on an
+    H200): the reference must be a true fp32 oracle, so TF32 is off in this file."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 DTYPES = [torch.float32, torch.bfloat16] if _HAS_GPU else [torch.float32, torch.float16]
 
 

@@ -57,9 +57,29 @@ def graph_time(fn: Callable[[], Any], reps: int = 15) -> float:
     return statistics.median(times)
 
 
-def with_override(kernel: str, cfg: KernelConfig, path: Path) -> None:
-    path.write_text(json.dumps({kernel: asdict(cfg)}))
-    os.environ["ZAYA_KERNEL_TUNING"] = str(path)
+def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Callable[[Any], Any],
+          out: Path) -> tuple[KernelConfig, list[str]]:
+    """Time `run(case)` for every case under every candidate (installed through a
+    ZAYA_KERNEL_TUNING file, as a user would); the winner has the smallest summed time."""
+    incumbent = kernel_config(kernel, "cuda")
+    lines, best = [], (float("inf"), incumbent)
+    for n, cfg in enumerate(dict.fromkeys([incumbent, *grid])):
+        # a new file per candidate: tuning.py reads each path once per process
+        path = out / f"candidate-{kernel}-{n:02d}.json"
+        path.write_text(json.dumps({kernel: asdict(cfg)}))
+        os.environ["ZAYA_KERNEL_TUNING"] = str(path)
+        try:
+            times = {name: graph_time(lambda c=c: run(c)) for name, c in cases.items()}
+        except Exception as exc:  # out of shared memory, say: not a candidate
+            lines.append(f"{kernel} {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
+            continue
+        total = sum(times.values())
+        lines.append(f"{kernel} m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}  "
+                     + "  ".join(f"{k} {v:7.1f}" for k, v in times.items()) + f"  sum {total:7.1f} us"
+                     + ("  (table)" if cfg == incumbent else ""))
+        best = min(best, (total, cfg), key=lambda p: p[0])
+    os.environ.pop("ZAYA_KERNEL_TUNING", None)
+    return best[1], lines
 
 
 def tune_moe(out: Path) -> tuple[KernelConfig, list[str]]:
@@ -76,26 +96,11 @@ def tune_moe(out: Path) -> tuple[KernelConfig, list[str]]:
         skewed = torch.multinomial(probs, t, replacement=True, generator=g) * 3
         cases[f"T={t} uniform"] = (x, uniform, w)
         cases[f"T={t} skewed"] = (x, skewed, w)
-    incumbent = kernel_config("moe_medium", "cuda")
-    grid = [incumbent, KernelConfig(16, 64, 256, 4, 3), KernelConfig(32, 64, 128, 4, 3),
-            KernelConfig(64, 64, 128, 4, 3), KernelConfig(64, 128, 64, 4, 3), KernelConfig(64, 64, 64, 4, 4),
-            KernelConfig(64, 128, 128, 8, 3), KernelConfig(128, 64, 64, 8, 3), KernelConfig(64, 32, 128, 4, 3),
-            KernelConfig(32, 128, 128, 4, 3), KernelConfig(64, 64, 256, 4, 2)]
-    lines, best = [], (float("inf"), incumbent)
-    for cfg in dict.fromkeys(grid):
-        with_override("moe_medium", cfg, out / "candidate.json")
-        try:
-            times = {name: graph_time(lambda c=c: moe_top1(c[0], c[1], c[2], gate_up, down)) for name, c in cases.items()}
-        except Exception as exc:  # out of shared memory, say: not a candidate
-            lines.append(f"moe_medium {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
-            continue
-        total = sum(times.values())
-        lines.append(f"moe_medium {cfg.block_m:4d} {cfg.block_n:4d} {cfg.block_k:4d} w{cfg.num_warps} s{cfg.num_stages}  "
-                     + "  ".join(f"{k} {v:7.1f}" for k, v in times.items()) + f"  sum {total:7.1f} us"
-                     + ("  (table)" if cfg == incumbent else ""))
-        best = min(best, (total, cfg), key=lambda p: p[0])
-    os.environ.pop("ZAYA_KERNEL_TUNING", None)
-    return best[1], lines
+    grid = [KernelConfig(16, 64, 256, 4, 3), KernelConfig(32, 64, 128, 4, 3), KernelConfig(64, 64, 128, 4, 3),
+            KernelConfig(64, 128, 64, 4, 3), KernelConfig(64, 64, 64, 4, 4), KernelConfig(64, 128, 128, 8, 3),
+            KernelConfig(128, 64, 64, 8, 3), KernelConfig(64, 32, 128, 4, 3), KernelConfig(32, 128, 128, 4, 3),
+            KernelConfig(64, 64, 256, 4, 2)]
+    return sweep("moe_medium", grid, cases, lambda c: moe_top1(c[0], c[1], c[2], gate_up, down), out)
 
 
 def tune_conv(out: Path) -> tuple[KernelConfig, list[str]]:
@@ -113,26 +118,10 @@ def tune_conv(out: Path) -> tuple[KernelConfig, list[str]]:
         v = torch.randn(b, 2 * width, device="cuda", dtype=torch.bfloat16, generator=g)
         slots = torch.randperm(slots_n, device="cuda", generator=g)[:b]
         cases[f"B={b}"] = (qk, v, slots)
-    incumbent = kernel_config("conv_decode", "cuda")
-    grid = [incumbent] + [KernelConfig(block_m=bb, block_k=bk, num_warps=w, num_stages=1)
-                          for bb in (16, 32, 64) for bk in (32, 64, 128) for w in (4, 8)]
-    lines, best = [], (float("inf"), incumbent)
-    for cfg in dict.fromkeys(grid):
-        with_override("conv_decode", cfg, out / "candidate.json")
-        try:
-            times = {name: graph_time(lambda x=x: cca_conv_value_decode(x[0], x[1], conv_state, value_state, x[2],
-                                                                        dw, db, gw, gb))
-                     for name, x in cases.items()}
-        except Exception as exc:
-            lines.append(f"conv_decode {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
-            continue
-        total = sum(times.values())
-        lines.append(f"conv_decode block_b {cfg.block_m:3d} block_k {cfg.block_k:3d} w{cfg.num_warps}  "
-                     + "  ".join(f"{k} {v:6.1f}" for k, v in times.items()) + f"  sum {total:6.1f} us"
-                     + ("  (table)" if cfg == incumbent else ""))
-        best = min(best, (total, cfg), key=lambda p: p[0])
-    os.environ.pop("ZAYA_KERNEL_TUNING", None)
-    return best[1], lines
+    grid = [KernelConfig(block_m=bb, block_k=bk, num_warps=w, num_stages=1)
+            for bb in (16, 32, 64) for bk in (32, 64, 128) for w in (4, 8)]
+    return sweep("conv_decode", grid, cases,
+                 lambda x: cca_conv_value_decode(x[0], x[1], conv_state, value_state, x[2], dw, db, gw, gb), out)
 
 
 def main() -> int:

@@ -50,3 +50,21 @@ def test_unreadable_override_file_is_an_error(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="cannot read"):
         kernel_config("rotary", "cpu")
+
+
+def test_tune_decode_sweep_times_each_candidate_under_its_own_config(tmp_path: Path, monkeypatch) -> None:
+    """Regression: the sweep once rewrote one override file per candidate, and the table's
+    per-path cache kept the first candidate for all of them."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import tune_decode
+
+    from model.kernels.tuning import KernelConfig
+
+    monkeypatch.setattr(tune_decode, "graph_time", lambda fn, reps=15: fn())
+    grid = [KernelConfig(16, 64, 64, 4, 2), KernelConfig(128, 64, 64, 4, 2)]
+    best, lines = tune_decode.sweep("moe_medium", grid, {"case": None},
+                                    lambda _: float(kernel_config("moe_medium", "cpu").block_m), tmp_path)
+    assert best.block_m == 16
+    assert [line.split()[1] for line in lines] == [f"m{DEFAULT['moe_medium'].block_m}", "m16", "m128"]

@@ -11,7 +11,8 @@ substring of the device name (``torch.cuda.get_device_name()``), else ``DEFAULT`
 Overrides: ``ZAYA_KERNEL_TUNING=path.json`` (``{"moe_medium": {"block_m": 64, ...}, ...}``)
 replaces fields of the named entries for every device, so a sweep on new hardware (an
 MI300X, say; scripts/tune_decode.py writes such a file) takes effect without editing this
-module. Unknown kernels or fields in the file are an error, not ignored.
+module. Unknown kernels or fields in the file are an error, not ignored. Each path is read
+once per process (launches look the table up every time); a changed file needs a new path.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from mixtures import three_source_mixture
 from zaya_data.cli import main
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STARTED = "Ray runtime started."
 START_TIMEOUT_S = 120  # two `ray start`s on a busy 2-core machine
 
@@ -113,28 +113,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def _mixture(d: Path) -> Path:
     # Three sources (three tokenize jobs) and 8-row shards (about fifty shard jobs), so
     # both one-CPU nodes get work in both stages.
-    p = d / "mix.yaml"
-    p.write_text(f"""
-name: cluster
-sources:
-  rollouts:
-    path: {DATA}/qwen25-math-eval/math_cot_100_rollouts8.jsonl
-    format: jsonl
-    kind: reasoning
-    category: math
-    fields: {{prompt: question, trace: "code[3]"}}
-    split: final_paragraph
-  gsm8k: {{path: "{DATA}/qwen25-math-eval/gsm8k.jsonl", format: jsonl, category: web, fields: {{text: question}}}}
-  olympiad: {{path: "{DATA}/limo-eval/olympiadbench.jsonl", format: jsonl, category: web, fields: {{text: question}}}}
-phases:
-  p:
-    context: 384
-    token_budget: 150K
-    weights: {{rollouts: 2, gsm8k: 1, olympiad: 1}}
-    max_repetition: 4
-    shard_rows: 8
-""")
-    return p
+    return three_source_mixture(d, name="cluster")
 
 
 # Run in a separate driver so this test process never joins the cluster. The GCS keeps

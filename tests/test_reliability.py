@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from mixtures import three_source_mixture
 from zaya_data.cli import main
 from zaya_data.ledger import Ledger
 from zaya_data.schema import stable_id
@@ -239,27 +240,7 @@ def _phase_files(out: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def kill_mixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("kill")
-    (d / "mix.yaml").write_text(f"""
-name: kill
-sources:
-  rollouts:
-    path: {DATA}/qwen25-math-eval/math_cot_100_rollouts8.jsonl
-    format: jsonl
-    kind: reasoning
-    category: math
-    fields: {{prompt: question, trace: "code[3]"}}
-    split: final_paragraph
-  gsm8k: {{path: "{DATA}/qwen25-math-eval/gsm8k.jsonl", format: jsonl, category: web, fields: {{text: question}}}}
-  olympiad: {{path: "{DATA}/limo-eval/olympiadbench.jsonl", format: jsonl, category: web, fields: {{text: question}}}}
-phases:
-  p:
-    context: 384
-    token_budget: 150K
-    weights: {{rollouts: 2, gsm8k: 1, olympiad: 1}}
-    max_repetition: 4
-    shard_rows: 8
-""")
-    return d / "mix.yaml"
+    return three_source_mixture(d, name="kill")
 
 
 def test_kill_9_of_the_driver_then_resume_gives_the_same_bytes(kill_mixture: Path, tmp_path: Path) -> None:

@@ -172,9 +172,11 @@ print(s, n)
 
 
 # glibc settings that keep freed memory in each process instead of returning it to the
-# kernel (no fresh page faults for every large allocation): the `--malloc-keep` variant.
+# kernel (no fresh, zeroed pages for every large allocation): the `--malloc-keep` variant.
+# PYTHONMALLOC=malloc routes Python's own small objects (token id lists) through glibc too;
+# pymalloc would otherwise map and unmap its arenas whatever glibc is told.
 MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-               "MALLOC_TOP_PAD_": str(64 << 20)}
+               "MALLOC_TOP_PAD_": str(64 << 20), "PYTHONMALLOC": "malloc"}
 
 
 def start_ray_head(work: Path, cpus: int, extra_env: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:

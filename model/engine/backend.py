@@ -26,6 +26,7 @@ class Ops:
     rms_norm: Callable
     add_rms_norm: Callable
     apply_partial_rotary: Callable
+    cca_qk: Callable
     cca_prefill_attention: Callable
     cca_decode_attention: Callable
     cca_conv_decode: Callable
@@ -41,6 +42,7 @@ def _from_module(name: str, mod: ModuleType, splits: Callable[[int, int, int, to
         rms_norm=mod.rms_norm,
         add_rms_norm=mod.add_rms_norm,
         apply_partial_rotary=mod.apply_partial_rotary,
+        cca_qk=mod.cca_qk,
         cca_prefill_attention=mod.cca_prefill_attention,
         cca_decode_attention=mod.cca_decode_attention,
         cca_conv_decode=mod.cca_conv_decode,

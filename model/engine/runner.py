@@ -175,28 +175,15 @@ class ModelRunner:
         h = ((F.embedding(ids, self.embed) + self.in_bias) * self.in_scale).float()  # fp32 residual stream
         return self.ops.rms_norm(h, self.layers[0].input_norm, self.eps), h
 
-    def _project(self, lw: LayerWeights, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(packed [q0, k0] [T, C], q_res [T, Hq, D], k_res [T, Hk, D], [v_current | v_delayed] [T, Hk*D])."""
-        t = x.shape[0]
+    def _project(self, lw: LayerWeights, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(packed [q0, k0] [T, C], [v_current | v_delayed] [T, Hk*D]): views of one GEMM's output."""
         y = F.linear(x, lw.qkv_weight, lw.qkv_bias)
-        qk, v = y[:, : self.c], y[:, self.c :]
-        q0 = qk[:, : self.hq * self.d].reshape(t, self.hq, self.d)
-        k0 = qk[:, self.hq * self.d :].reshape(t, self.hk, self.d)
-        groups = self.hq // self.hk
-        q_res = (q0 + k0.repeat_interleave(groups, dim=1)) * 0.5
-        k_res = q_res.view(t, self.hk, groups, self.d).mean(dim=2)
-        return qk, q_res, k_res, v
+        return y[:, : self.c], y[:, self.c :]
 
-    def _qk(self, lw: LayerWeights, conv: torch.Tensor, q_res: torch.Tensor, k_res: torch.Tensor,
+    def _qk(self, lw: LayerWeights, qk: torch.Tensor, conv: torch.Tensor,
             positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = conv.shape[0]
-        q = conv[:, : self.hq * self.d].reshape(t, self.hq, self.d) + q_res
-        k = conv[:, self.hq * self.d :].reshape(t, self.hk, self.d) + k_res
-        eps = torch.finfo(q.dtype).eps
-        q = q * (self.d**0.5 / q.norm(p=2, dim=-1, keepdim=True).clamp_min(eps))
-        k = k * (self.d**0.5 / k.norm(p=2, dim=-1, keepdim=True).clamp_min(eps))
-        k = k * lw.temp[None, :, None]
-        return self.ops.apply_partial_rotary(q.contiguous(), k.contiguous(), positions, lw.inv_freq)
+        """q [T, Hq, D], k [T, Hk, D]: residual mix, per-head norm, temperature, partial RoPE."""
+        return self.ops.cca_qk(qk, conv, lw.temp, positions, lw.inv_freq, self.hq, self.hk)
 
     def _mlp_and_next_norm(self, i: int, a: torch.Tensor, h: torch.Tensor,
                            router_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -225,7 +212,7 @@ class ModelRunner:
         router_state = None
         zero_row = x.new_zeros(1, self.c)
         for i, lw in enumerate(self.layers):
-            qk, q_res, k_res, v = self._project(lw, x)
+            qk, v = self._project(lw, x)
             half = v.shape[1] // 2
             v_cur, v_del = v[:, :half], v[:, half:]
             # Convolution windows: the two previous positions of every token, gathered.
@@ -238,7 +225,7 @@ class ModelRunner:
             vsrc = torch.cat([lw.v0[None], cache.value[i][inp.slots], v_del])
             v_all = torch.cat([v_cur, vsrc[inp.value_prev]], dim=-1).view(-1, self.hk, self.d)
             cache.value[i].index_copy_(0, inp.slots, v_del[inp.value_last])
-            q, k = self._qk(lw, conv, q_res, k_res, inp.positions)
+            q, k = self._qk(lw, qk, conv, inp.positions)
             cache.k[i].view(-1, self.hk, self.d).index_copy_(0, inp.write_idx, k)
             cache.v[i].view(-1, self.hk, self.d).index_copy_(0, inp.write_idx, v_all)
             if inp.kv_gather is None:
@@ -263,13 +250,13 @@ class ModelRunner:
         x, h = self._embed(inp.ids)
         router_state = None
         for i, lw in enumerate(self.layers):
-            qk, q_res, k_res, v = self._project(lw, x)
+            qk, v = self._project(lw, x)
             # Conv and delayed-value state are read and written in their slots by one op
             # (no gather / index_copy round trip); padding rows share the scratch slot.
             conv, v_all = ops.cca_conv_value_decode(qk, v, cache.conv[i], cache.value[i], inp.slots,
                                                     lw.dw_weight, lw.dw_bias, lw.gw_weight, lw.gw_bias)
             v_all = v_all.view(-1, self.hk, self.d)
-            q, k = self._qk(lw, conv, q_res, k_res, inp.positions)
+            q, k = self._qk(lw, qk, conv, inp.positions)
             cache.k[i].view(-1, self.hk, self.d).index_copy_(0, write_idx, k)
             cache.v[i].view(-1, self.hk, self.d).index_copy_(0, write_idx, v_all)
             o = ops.cca_decode_attention(q, cache.k[i], cache.v[i], table, inp.seq_lens, self.scale,

@@ -112,6 +112,44 @@ def apply_partial_rotary(
     return q_out, k_out
 
 
+def cca_qk(
+    qk: torch.Tensor,
+    conv: torch.Tensor,
+    temp: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    rotary=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CCA's queries and keys from the packed [q0, k0] projections and their convolution.
+
+    qk [T, C] (C = (Hq + Hk) * D: the first C outputs of the fused projection), conv [T, C]
+    (the convolution of those channels), temp [Hk], positions [T], inv_freq [rotary_dim / 2].
+    The residual mixes each query head with its key head (q_res = (q0 + k0[group]) / 2) and
+    each key head with the mean of its group's q_res; conv + residual is L2-normalized per
+    head to norm sqrt(D), keys are scaled by their head's temperature, and both get partial
+    RoPE. Returns q [T, Hq, D], k [T, Hk, D], contiguous, in qk's dtype. Each step is one
+    PyTorch op in the model dtype, in `model.zaya1`'s order (the roundings the fused kernel
+    reproduces). `rotary`: the RoPE implementation (default: this module's).
+    """
+    t, c = qk.shape
+    hq, hk = num_heads, num_kv_heads
+    d = c // (hq + hk)
+    q0 = qk[:, : hq * d].reshape(t, hq, d)
+    k0 = qk[:, hq * d :].reshape(t, hk, d)
+    groups = hq // hk
+    q_res = (q0 + k0.repeat_interleave(groups, dim=1)) * 0.5
+    k_res = q_res.view(t, hk, groups, d).mean(dim=2)
+    q = conv[:, : hq * d].reshape(t, hq, d) + q_res
+    k = conv[:, hq * d :].reshape(t, hk, d) + k_res
+    eps = torch.finfo(q.dtype).eps
+    q = q * (d**0.5 / q.norm(p=2, dim=-1, keepdim=True).clamp_min(eps))
+    k = k * (d**0.5 / k.norm(p=2, dim=-1, keepdim=True).clamp_min(eps))
+    k = k * temp[None, :, None]
+    return (rotary or apply_partial_rotary)(q.contiguous(), k.contiguous(), positions, inv_freq)
+
+
 # --------------------------------------------------------------------------------------------
 # 3. CCA prefill attention (causal, grouped heads, packed variable-length)
 # --------------------------------------------------------------------------------------------

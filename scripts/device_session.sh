@@ -11,7 +11,9 @@
 #   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
 #   tune      scripts/tune_decode.py: sweep moe_medium/conv_decode; later steps use the winners
 #             (ZAYA_KERNEL_TUNING)
-#   gputests  the kernel GPU tests of the conv slots, the sampler and the 8B engine (graphs)
+#   gputests  the GPU tests of the slot-indexed conv, the sampler, the fused q/k epilogue, MoE
+#             (the engine's own tests run in the engine step; ZAYA_FUSED_QK=1 in the environment
+#             runs the engine step with the fused q/k epilogue)
 #   sampler   scripts/bench_sampler.py (fused Gumbel sampler vs the PyTorch path)
 #   rsa       benchmarks/bench_rsa.py (aggregation examples per GPU-hour, 8B random weights)
 #   rsa2      benchmarks/bench_rsa.py --compare-actors 2 (two GPUs: 2 Ray actors vs 1)
@@ -61,7 +63,8 @@ for step in ${STEPS:-model kernels rsa}; do
     tune)    run_step tune python3 scripts/tune_decode.py --out "$R/tune"
              [ -f "$R/tune/tuning.json" ] && export ZAYA_KERNEL_TUNING="$R/tune/tuning.json" ;;
     gputests) run_step gputests python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider \
-               tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_kernels_gpu.py -k "conv or moe or sampl or slot" ;;
+               tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_cca_qk.py tests/test_kernels_gpu.py \
+               -k "conv or moe or sampl or slot or qk" ;;
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
     profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \

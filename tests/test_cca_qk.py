@@ -10,16 +10,13 @@ are only checked against float64 there; the GPU test also compares them with the
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from model.kernels import reference as ref
+from torch_checks import rerun_under_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _HAS_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if _HAS_GPU else "cpu")
@@ -109,8 +106,6 @@ def test_dispatch_follows_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_kernel_checks_under_the_interpreter() -> None:
     if _HAS_GPU or _INTERPRET:
         pytest.skip("the kernel checks run in this process")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = rerun_under_interpreter(__file__, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout

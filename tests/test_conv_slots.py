@@ -16,6 +16,7 @@ import torch
 
 from model.engine.pages import SCRATCH
 from model.kernels import reference as ref
+from torch_checks import nan_filled_allocations  # noqa: F401 (autouse fixture)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _HAS_GPU = torch.cuda.is_available()
@@ -35,17 +36,6 @@ def _strict_fp32_reference():
 DTYPES = [torch.float32, torch.bfloat16] if _HAS_GPU else [torch.float32, torch.float16]
 
 
-@pytest.fixture(autouse=True)
-def _nan_filled_allocations():
-    """torch.empty returns NaN-filled memory, so an output element nobody writes fails the NaN check."""
-    import torch.utils.deterministic as det
-
-    old_fill, old_det = det.fill_uninitialized_memory, torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    det.fill_uninitialized_memory = True
-    yield
-    det.fill_uninitialized_memory = old_fill
-    torch.use_deterministic_algorithms(old_det)
 
 
 def _case(real: int, pad: int, groups: int, cg: int, width: int, num_slots: int, dtype: torch.dtype, seed: int,

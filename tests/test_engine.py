@@ -21,6 +21,7 @@ from model.engine import Engine, EngineConfig, SamplingBatch, sample
 from model.engine.graphs import DecodeGraphs, decode_inputs
 from model.engine.pages import PagePool
 from model.tiny import build_tiny
+from torch_checks import one_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Prompts of 5, 2, 11 and 9 tokens; the tiny config's sliding layers (window 16) are crossed.
@@ -31,13 +32,6 @@ GREEDY = SamplingParams(max_new_tokens=70, **NO_STOP)
 SMALL = EngineConfig(max_batch_size=3, max_num_tokens=8, page_size=4, max_model_len=128)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: one thread is faster, and two threads on a shared 2-core box thrash.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def decode(ids: list[int]) -> str:

@@ -28,6 +28,7 @@ from model.kernels import (
     rms_norm,
     router_top1,
 )
+from torch_checks import nan_filled_allocations  # noqa: F401 (autouse fixture)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _HAS_GPU = torch.cuda.is_available()
@@ -42,17 +43,6 @@ DTYPES = [torch.float32, torch.bfloat16] if _HAS_GPU else [torch.float32, torch.
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
-@pytest.fixture(autouse=True)
-def _nan_filled_allocations():
-    """torch.empty returns NaN-filled memory while deterministic mode is on."""
-    import torch.utils.deterministic as det
-
-    old_fill, old_det = det.fill_uninitialized_memory, torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    det.fill_uninitialized_memory = True
-    yield
-    det.fill_uninitialized_memory = old_fill
-    torch.use_deterministic_algorithms(old_det)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -8,18 +8,12 @@ import pytest
 import torch
 
 from model import Zaya1Config, Zaya1ForCausalLM, randomize_
+from torch_checks import one_thread  # noqa: F401 (autouse fixture)
 
 CONFIG = dataclasses.replace(Zaya1Config.named("tiny"), vocab_size=97, sliding_window=6, eos_token_id=3)
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: one thread is faster, and two threads on a shared 2-core box thrash.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model import SamplingParams, Zaya1Config, Zaya1ForCausalLM, generate, load_tiny, randomize_, sample_next
+from torch_checks import one_thread  # noqa: F401 (autouse fixture)
 
 CONFIG = dataclasses.replace(Zaya1Config.named("tiny"), vocab_size=97, sliding_window=6, eos_token_id=3)
 PROMPTS = [[2, 10, 11, 12, 13], [2, 50], [2, 7, 8, 9, 20, 30, 40, 50, 60, 70, 80]]
@@ -17,13 +18,6 @@ NO_STOP = dict(stop_token_ids=())
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: one thread is faster, and two threads on a shared 2-core box thrash.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def decode(ids: list[int]) -> str:
     # A toy detokenizer: token t is the two-letter piece of t in base 26.

@@ -12,19 +12,13 @@ from safetensors.torch import load_file, save_file
 
 from model import CheckpointError, Zaya1Config, Zaya1ForCausalLM, load_model, randomize_, save_checkpoint
 from model.loading import INDEX_NAME, WEIGHTS_NAME
+from torch_checks import one_thread  # noqa: F401 (autouse fixture)
 
 CONFIG = dataclasses.replace(Zaya1Config.named("tiny"), vocab_size=97, sliding_window=6, eos_token_id=3)
 IDS = torch.tensor([[2, 17, 40, 9, 33, 81, 5, 64]])
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: one thread is faster, and two threads on a shared 2-core box thrash.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def model() -> Zaya1ForCausalLM:

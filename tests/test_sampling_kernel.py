@@ -18,16 +18,13 @@ returns the index of its first NaN, greedy or sampled (NaN / t + noise stays NaN
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from model.engine.sampler import SamplingBatch, gumbel_noise, row_keys, sample, sample_torch
+from torch_checks import rerun_under_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _HAS_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if _HAS_GPU else "cpu")
@@ -199,9 +196,7 @@ def test_kernel_full_vocabulary_rows_including_the_top_hash_value() -> None:
 def test_kernel_checks_run_under_the_interpreter_in_a_fresh_process() -> None:
     if _HAS_GPU or _INTERPRET:
         pytest.skip("the kernel checks run in this process")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    done = rerun_under_interpreter(__file__, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 

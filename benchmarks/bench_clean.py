@@ -388,7 +388,7 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
             # the machine's own scaling, measured on the same pool right after
             c0 = time.perf_counter()
             list(pool.map(_calibration_task, range(4 * k)))
-            calib = (time.perf_counter() - c0) / (4 * k / k)  # seconds per round of k tasks
+            calib = (time.perf_counter() - c0) / 4  # 4 tasks per process: seconds per round of k tasks
         docs = sum(m for m, _ in done)
         task_s = sum(t for _, t in done)
         calib_ref = calib if calib_ref is None else calib_ref

@@ -144,10 +144,17 @@ def _table_for(name: str) -> DeviceTable:
 
 def kernel_config(kernel: str, device: torch.device | str | None = None) -> KernelConfig:
     """Launch parameters for `kernel` on `device` (see the key list above)."""
-    table = _table_for(device_name(device))
+    return _resolved(kernel, device_name(device), os.environ.get("ZAYA_KERNEL_TUNING", ""))
+
+
+@lru_cache(maxsize=None)
+def _resolved(kernel: str, name: str, override_path: str) -> KernelConfig:
+    """The table entry with the override file's fields applied; cached because every launch
+    looks its parameters up."""
+    table = _table_for(name)
     if kernel not in table:
         raise KeyError(f"no launch parameters for kernel {kernel!r}; known: {sorted(table)}")
-    override = _overrides(os.environ.get("ZAYA_KERNEL_TUNING", "")).get(kernel)
+    override = _overrides(override_path).get(kernel)
     return replace(table[kernel], **override) if override else table[kernel]
 
 

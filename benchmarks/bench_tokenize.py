@@ -179,6 +179,10 @@ MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_"
                "MALLOC_TOP_PAD_": str(64 << 20), "PYTHONMALLOC": "malloc"}
 
 
+def stop_ray() -> None:
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+
+
 def start_ray_head(work: Path, cpus: int, extra_env: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """A local Ray head with `cpus` CPUs, as a cluster's would be (stopped at the end); its
     address, and the environment its clients need (Ray's token authentication, on by
@@ -270,27 +274,25 @@ def main() -> None:
         base = args.base_rate
         if base and counts:
             print(f"(efficiency against one worker at {base:,.0f} tokens/s, measured earlier)", flush=True)
-        for w in counts:
+
+        def scaling_row(w: int, note: str = "") -> None:
+            nonlocal base
             shutil.rmtree(work / "zray", ignore_errors=True)
             s, n = bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok, shard_rows=args.shard_rows,
                               address=address, env=env)
             rate = n / s
             base = base or rate / w  # per-worker rate of the first (smallest) count
-            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / base:8.2f} {rate / (base * w):10.2%}",
-                  flush=True)
+            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / base:8.2f} {rate / (base * w):10.2%}{note}", flush=True)
+
+        for w in counts:
+            scaling_row(w)
         if counts and args.cluster and args.malloc_keep:
-            subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+            stop_ray()
             address, env = start_ray_head(work, max(counts), MALLOC_KEEP)
-            w = max(counts)
-            shutil.rmtree(work / "zray", ignore_errors=True)
-            s, n = bench_zaya(work / "corpus", w, work, ray=True, total_tokens=raw_tok, shard_rows=args.shard_rows,
-                              address=address, env=env)
-            rate = n / s
-            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / base:8.2f} {rate / (base * w):10.2%}"
-                  f"  (workers with {' '.join(f'{k}={v}' for k, v in MALLOC_KEEP.items())})", flush=True)
+            scaling_row(max(counts), f"  (workers with {' '.join(f'{k}={v}' for k, v in MALLOC_KEEP.items())})")
     finally:
         if args.cluster:  # the head this run started (a benchmark machine runs no other Ray)
-            subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+            stop_ray()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -12,8 +12,8 @@
 #   tune      scripts/tune_decode.py: sweep moe_medium/conv_decode; later steps use the winners
 #             (ZAYA_KERNEL_TUNING)
 #   gputests  the GPU tests of the slot-indexed conv, the sampler, the fused q/k epilogue, MoE
-#             (the engine's own tests run in the engine step; ZAYA_FUSED_QK=1 in the environment
-#             runs the engine step with the fused q/k epilogue)
+#             (the engine's own tests run in the engine step; ZAYA_FUSED_QK=0 in the environment
+#             runs the engine step with the PyTorch q/k composition instead of the fused kernel)
 #   sampler   scripts/bench_sampler.py (fused Gumbel sampler vs the PyTorch path)
 #   rsa       benchmarks/bench_rsa.py (aggregation examples per GPU-hour, 8B random weights)
 #   rsa2      benchmarks/bench_rsa.py --compare-actors 2 (two GPUs: 2 Ray actors vs 1)

@@ -96,7 +96,7 @@ def test_dispatch_follows_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     q, k = qk_epilogue.cca_qk(*args, 8, 2)
     cq, ck = ref.cca_qk(*args, 8, 2, rotary=apply_partial_rotary)
     assert not calls and torch.equal(q, cq) and torch.equal(k, ck)
-    monkeypatch.setenv("ZAYA_FUSED_QK", "1")
+    monkeypatch.delenv("ZAYA_FUSED_QK")  # the default since the H200 check: fused
     qk_epilogue.cca_qk(*args, 8, 2)
     assert calls == [1]
     qk_epilogue.cca_qk(*_inputs(5, 6, 2, 128, 32, torch.float32, seed=4), 6, 2)  # 6 heads: composed

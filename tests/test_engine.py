@@ -272,7 +272,7 @@ def test_triton_kernels_in_the_engine_match_generate_under_the_interpreter(fused
     # TRITON_INTERPRET must be set before Triton is imported: a fresh interpreter. The 8-token
     # budget splits the 11-token prompt, so the prefill over cached pages runs too. The tiny
     # config's shapes (4 query heads, 2 key heads, head_dim 16) are ones the fused q/k kernel
-    # takes, so with ZAYA_FUSED_QK=1 it runs in every layer of prefill and decode.
+    # takes, so unless ZAYA_FUSED_QK=0 it runs in every layer of prefill and decode.
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT), ZAYA_FUSED_QK=fused_qk)
     done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True,
                           timeout=300, cwd=ROOT)

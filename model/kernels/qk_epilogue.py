@@ -17,9 +17,11 @@ computes it, the rounded reciprocal times sqrt(D)), with RoPE as `model.kernels.
 partner's index instead of exchanging registers, which costs a second (cached) read of the
 same row and no barrier.
 
-Status: tested against the composition under the Triton interpreter only; the engine uses it
-only when ZAYA_FUSED_QK=1, until it has been checked and timed on a GPU (tests/test_cca_qk.py
-has the GPU checks; tests/test_engine.py runs it inside the engine under the interpreter).
+Status: the default on GPUs since its H200 check (2026-12-02: tests/test_cca_qk.py's GPU tests,
+and the 8B engine equal to `generate` for 64/64 greedy tokens with it); decode at batch 256 went
+from 27.1K to 34.3K tokens/s (benchmarks/results/engine-rsa-2026-12-02-h200.md).
+ZAYA_FUSED_QK=0 runs the PyTorch composition instead (to compare, or on a backend where the
+kernel misbehaves); tests/test_engine.py runs both inside the engine under the interpreter.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .rotary import apply_partial_rotary
 
 
 def fused_enabled() -> bool:
-    return os.environ.get("ZAYA_FUSED_QK", "0") == "1"
+    return os.environ.get("ZAYA_FUSED_QK", "1") != "0"
 
 
 @triton.jit
@@ -131,8 +133,8 @@ def supports(num_heads: int, num_kv_heads: int, head_dim: int, half: int) -> boo
 
 def cca_qk(qk: torch.Tensor, conv: torch.Tensor, temp: torch.Tensor, positions: torch.Tensor,
            inv_freq: torch.Tensor, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `reference.cca_qk`: the fused kernel when enabled (ZAYA_FUSED_QK=1)
-    and the shapes allow it, else the PyTorch composition with the Triton rotary kernel."""
+    """Same contract as `reference.cca_qk`: the fused kernel unless disabled (ZAYA_FUSED_QK=0)
+    or the shapes do not allow it, else the PyTorch composition with the Triton rotary kernel."""
     d = qk.shape[1] // (num_heads + num_kv_heads)
     if fused_enabled() and supports(num_heads, num_kv_heads, d, inv_freq.shape[0]):
         return fused_cca_qk(qk, conv, temp, positions, inv_freq, num_heads, num_kv_heads)

@@ -129,6 +129,52 @@ phases:
     return cmd, out
 
 
+def raw_processes(tok_path: str, folder: Path, mb: int, procs: int) -> tuple[float, int]:
+    """bench_raw with one Rayon thread in each of `procs` separate processes, each on its
+    1/procs share of the first `mb` megabytes, started together: what Ray workers do, minus
+    reading, scheduling and writing. Seconds = the slowest process's tokenizing time (every
+    process loads its texts before a shared start file appears)."""
+    work = Path(tempfile.mkdtemp(prefix="rawprocs-"))
+    go = work / "go"
+    code = f"""
+import json, os, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from pathlib import Path
+from bench_tokenize import bench_raw
+share, procs = int(sys.argv[1]), {procs}
+texts, size = [], 0
+for f in sorted(Path({str(folder)!r}).glob("*.jsonl")):
+    for line in f.open():
+        if size >= {mb} * 1_000_000:
+            break
+        t = json.loads(line)["text"]
+        texts.append(t)
+        size += len(t.encode())
+mine = texts[share::procs]
+print("ready", flush=True)
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.001)
+s, n = bench_raw({tok_path!r}, mine, 1)
+print(s, n, flush=True)
+"""
+    env = {**os.environ, "RAYON_NUM_THREADS": "1"}
+    ps = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True, env=env)
+          for i in range(procs)]
+    try:
+        for p in ps:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"raw process {p.args[-1]} failed before tokenizing")
+        go.touch()
+        results = [p.stdout.readline().split() for p in ps]
+        if any(p.wait() for p in ps) or any(len(r) != 2 for r in results):
+            raise RuntimeError("a raw tokenizing process failed")
+    finally:
+        for p in ps:
+            p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    return max(float(r[0]) for r in results), sum(int(r[1]) for r in results)
+
+
 def bench_zaya(folder: Path, workers: int, work: Path, ray: bool, total_tokens: int, shard_rows: int = 4096,
                address: str | None = None, env: dict[str, str] | None = None) -> tuple[float, int]:
     cmd, out = build_command(folder, work, workers, ray, total_tokens, shard_rows=shard_rows)
@@ -214,6 +260,9 @@ def main() -> None:
     ap.add_argument("--raw-scaling", default="", metavar="K,K,...",
                     help="raw encode_batch with K Rayon threads (a fresh process each) on the first --raw-mb "
                          "of the corpus: how the tokenizer itself scales on this machine")
+    ap.add_argument("--raw-procs", default="", metavar="K,K,...",
+                    help="raw encode_batch in K single-threaded processes at once, each on 1/K of the first "
+                         "--raw-mb: the machine's scaling for the shape of work Ray workers do")
     ap.add_argument("--raw-mb", type=int, default=40)
     ap.add_argument("--base-rate", type=float, default=0.0,
                     help="tokens/s of one worker measured earlier on the same corpus and machine: efficiencies "
@@ -264,6 +313,16 @@ def main() -> None:
             raw_base = raw_base or n / s / k
             print(f"{k:11d} {s:8.2f} {n / s:12,.0f} {n / s / (raw_base * raw_counts[0]):8.2f} "
                   f"{n / s / (raw_base * k):10.2%}", flush=True)
+        proc_counts = [int(x) for x in args.raw_procs.split(",") if x]
+        if proc_counts:
+            print(f"\nraw encode_batch on the first {args.raw_mb} MB, K single-threaded processes at once", flush=True)
+            print(f"{'processes':>11s} {'seconds':>8s} {'tokens/s':>12s} {'speedup':>8s} {'efficiency':>10s}", flush=True)
+        proc_base = 0.0
+        for k in proc_counts:
+            s, n = raw_processes(tok_path, work / "corpus", args.raw_mb, k)
+            proc_base = proc_base or n / s / k
+            print(f"{k:11d} {s:8.2f} {n / s:12,.0f} {n / s / (proc_base * proc_counts[0]):8.2f} "
+                  f"{n / s / (proc_base * k):10.2%}", flush=True)
         counts = [int(x) for x in args.scaling.split(",") if x]
         address, env = start_ray_head(work, max(counts)) if counts and args.cluster else (None, None)
         if counts:

@@ -72,7 +72,7 @@ for step in ${STEPS:-model kernels rsa}; do
     rsa2)    run_step rsa2 python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-32}" \
                --max-new-tokens 128 --baseline-prompts 0 --compare-actors 2 ;;
     scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-32}" --workers 16 \
-               --scaling "${SCALING_COUNTS:-1,2,4,8,16}" --raw-scaling "${RAW_COUNTS:-}" --raw-mb "${RAW_MB:-40}" \
+               --scaling "${SCALING_COUNTS:-1,2,4,8,16}" --raw-scaling "${RAW_COUNTS:-}" --raw-procs "${RAW_PROCS:-}" --raw-mb "${RAW_MB:-40}" \
                --only-scaling --cluster --shard-rows "${SHARD_ROWS:-512}" ${SCALING_ARGS:-} ;;
     clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" ;;
     *) echo "unknown step $step" >>"$R/steps.txt" ;;

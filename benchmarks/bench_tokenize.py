@@ -341,7 +341,10 @@ def main() -> None:
                               address=address, env=env)
             rate = n / s
             base = base or rate / w  # per-worker rate of the first (smallest) count
-            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / base:8.2f} {rate / (base * w):10.2%}{note}", flush=True)
+            steps = json.loads((work / "zray" / "_work" / "timings-p.json").read_text())
+            where = "  [" + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()) + "]"
+            print(f"{w:11d} {s:8.2f} {rate:12,.0f} {rate / base:8.2f} {rate / (base * w):10.2%}{note}{where}",
+                  flush=True)
 
         for w in counts:
             scaling_row(w)

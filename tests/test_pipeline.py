@@ -135,6 +135,16 @@ def test_prompt_phase_writes_a_prompt_set(local_build: Path) -> None:
     assert all("<|im_start|>user" in p for p in t["prompt"].to_pylist()[:5])
 
 
+def test_a_build_reports_where_its_time_went(local_build: Path, mixture: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    steps = json.loads((local_build / "_work" / "timings-short.json").read_text())
+    assert list(steps) == ["read+tokenize", "select+pack", "shards", "ledger+index+manifest"]
+    assert all(v >= 0 for v in steps.values()) and sum(steps.values()) > 0
+    assert "timings" not in (local_build / "short" / "manifest.json").read_text()  # bytes stay machine-free
+    assert main(["build", str(mixture), "--out", str(tmp_path), "--no-ray", "--phase", "short"]) == 0
+    assert "time: read+tokenize" in capsys.readouterr().out
+
+
 def test_verify_passes_on_a_fresh_build(local_build: Path) -> None:
     assert main(["verify", str(local_build / "short"), str(local_build / "sft")]) == 0
 

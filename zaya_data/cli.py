@@ -64,6 +64,8 @@ def _summary_table(result) -> Table:
                      f"packing efficiency {_pct(tot['packing_efficiency'])} | loss tokens {tot['loss_tokens']:,}")
     else:
         t.caption = f"prompts {tot['prompts']:,}"
+    if result.timings:
+        t.caption += "\ntime: " + " | ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     t.caption_justify = "left"
     return t
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,14 @@ class PhaseResult:
     phase: str
     status: str  # "built", "up-to-date", "dry-run"
     manifest: dict[str, Any] = field(default_factory=dict)
+    # wall seconds per step of this build (not in the manifest: its bytes must not depend on
+    # the machine); also written to _work/timings-<phase>.json for scripts and benchmarks
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _write_timings(work_root: Path, phase: str, timings: dict[str, float]) -> None:
+    work_root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work_root / f"timings-{phase}.json", json.dumps({k: round(v, 3) for k, v in timings.items()}))
 
 
 def phase_config(mix: MixtureSpec, phase: PhaseSpec, seed: int, tokenizer_sha: str) -> dict[str, Any]:
@@ -190,11 +199,13 @@ def build_phase(
 
     from zaya_data.clean.build import CleanTokenizeWorker
 
+    clock = _Clock()
     jobs = group_jobs(mix, units, work)
     init = dict(tokenizer=mix.tokenizer.path, template=asdict(phase.template), context=phase.context,
                 loss=phase.loss, trim_window=phase.trim_window, strict=strict)
     records, drop_counts = _clean_jobs(CleanTokenizeWorker, init, mix, phase, names, specs, jobs, work, executor,
                                        "tokenize")
+    clock.mark("read+tokenize")
     parts = [r["part"] for r in records]
 
     ledger = Ledger()
@@ -227,9 +238,11 @@ def build_phase(
     uses = concat_uses([expand_uses(i, items[n], sels[n], seed, f"{phase.name}/{n}") for i, n in enumerate(names)])
     rows = pack_uses(uses, phase.context, seed, PACK_WINDOW)
     sjobs = shard_jobs(rows, uses, phase.shard_rows, str(phase_dir), str(work))
+    clock.mark("select+pack")
     shards = list(executor.map_jobs(ShardWorker, dict(parts=parts, context=phase.context, pad_id=tok.pad_id),
                                     sjobs, f"{phase.name}: shards"))
     shards.sort(key=lambda s: s["file"])
+    clock.mark("shards")
     ledger.write(phase_dir / "ledger.json")
     from zaya_data.explain import packed_fates, write_fate_index
 
@@ -302,7 +315,22 @@ def build_phase(
     _remove_stale_temps(phase_dir)
     write_manifest(phase_dir, manifest)
     (phase_dir / ".zaya-build").unlink(missing_ok=True)
-    return PhaseResult(phase.name, "built", manifest)
+    clock.mark("ledger+index+manifest")
+    _write_timings(work_root, phase.name, clock.laps)
+    return PhaseResult(phase.name, "built", manifest, clock.laps)
+
+
+class _Clock:
+    """Wall seconds between marks, by the name of the step that just ended."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+        self._t = now
 
 
 def _clean_jobs(worker: type, init: dict[str, Any], mix: MixtureSpec, phase: PhaseSpec, names: list[str],
@@ -373,6 +401,7 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     from zaya_data.mixing import record_hashes
     from zaya_data.tasks import read_part
 
+    clock = _Clock()
     jobs = group_jobs(mix, units, work)
     init = dict(template=asdict(phase.template), strict=strict)
     drop_counts: dict[str, int] = {}
@@ -384,6 +413,7 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     else:
         records = list(executor.map_jobs(PromptWorker, init, jobs, f"{phase.name}: prompts"))
         records.sort(key=lambda r: (names.index(r["source"]), r["file_index"]))
+    clock.mark("read+prompts")
     ledger = Ledger()
     for r in records:
         ledger.merge(Ledger.from_dict(r["ledger"]))
@@ -464,7 +494,22 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     _remove_stale_temps(phase_dir)
     write_manifest(phase_dir, manifest)
     (phase_dir / ".zaya-build").unlink(missing_ok=True)
-    return PhaseResult(phase.name, "built", manifest)
+    clock.mark("select+write")
+    _write_timings(work.parent, phase.name, clock.laps)
+    return PhaseResult(phase.name, "built", manifest, clock.laps)
+
+
+class _Clock:
+    """Wall seconds between marks, by the name of the step that just ended."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+        self._t = now
 
 
 def dry_run(mix: MixtureSpec, phases: list[str]) -> list[dict[str, Any]]:

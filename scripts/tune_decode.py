@@ -6,7 +6,9 @@ ZAYA_KERNEL_TUNING file (model/kernels/tuning.py) and print a table.
 Cases (8B shapes: 16 experts of 2048 x 2048 SwiGLU, hidden 2048; 10 conv groups of 128):
   moe_medium   T=64 and T=256 tokens, routed uniformly over 16 experts and skewed over 5
                (what random weights give: ~4.6 experts touched per layer at batch 256); a
-               candidate's score is the sum of its times over the four cases;
+               candidate's score is the sum of its times over the four cases; candidates
+               include the swapped (weights-on-M) kernels;
+  moe_small    T=1, 8 (uniform) and 32 (uniform and skewed), the same way;
   conv_decode  the slot-indexed conv + delayed-value update at B=64 and B=256.
 Each time is the median of CUDA-graph replays with L2 flushed between them (each layer of a
 decode step reads other weights, so the cache is cold). The incumbent (the table's entry) is
@@ -74,7 +76,8 @@ def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Cal
             lines.append(f"{kernel} {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
             continue
         total = sum(times.values())
-        lines.append(f"{kernel} m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}  "
+        lines.append(f"{kernel} m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+                     + (" swap" if cfg.swap_ab else "     ") + "  "
                      + "  ".join(f"{k} {v:7.1f}" for k, v in times.items()) + f"  sum {total:7.1f} us"
                      + ("  (table)" if cfg == incumbent else ""))
         best = min(best, (total, cfg), key=lambda p: p[0])
@@ -82,25 +85,46 @@ def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Cal
     return best[1], lines
 
 
-def tune_moe(out: Path) -> tuple[KernelConfig, list[str]]:
-    e, h, i = 16, 2048, 2048
-    g = torch.Generator(device="cuda").manual_seed(0)
-    gate_up = torch.randn(e, 2 * i, h, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
-    down = torch.randn(e, h, i, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+def _moe_cases(tokens: tuple[int, ...], e: int, h: int, g: torch.Generator) -> dict[str, Any]:
     cases = {}
-    for t in (64, 256):
+    for t in tokens:
         x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16, generator=g)
         w = torch.rand(t, device="cuda", generator=g)
         uniform = torch.randint(0, e, (t,), device="cuda", generator=g)
         probs = torch.tensor([0.4, 0.25, 0.15, 0.12, 0.08], device="cuda")
         skewed = torch.multinomial(probs, t, replacement=True, generator=g) * 3
         cases[f"T={t} uniform"] = (x, uniform, w)
-        cases[f"T={t} skewed"] = (x, skewed, w)
-    grid = [KernelConfig(16, 64, 256, 4, 3), KernelConfig(32, 64, 128, 4, 3), KernelConfig(64, 64, 128, 4, 3),
-            KernelConfig(64, 128, 64, 4, 3), KernelConfig(64, 64, 64, 4, 4), KernelConfig(64, 128, 128, 8, 3),
-            KernelConfig(128, 64, 64, 8, 3), KernelConfig(64, 32, 128, 4, 3), KernelConfig(32, 128, 128, 4, 3),
-            KernelConfig(64, 64, 256, 4, 2)]
-    return sweep("moe_medium", grid, cases, lambda c: moe_top1(c[0], c[1], c[2], gate_up, down), out)
+        if t >= 16:
+            cases[f"T={t} skewed"] = (x, skewed, w)
+    return cases
+
+
+# Candidates per regime. swap_ab=1 puts the weight rows on the MMA's M side (block_m = tokens
+# per tile, then as small as 16); swap_ab=0 is the token-rows-on-M layout.
+MOE_GRIDS = {
+    "moe_small": [KernelConfig(16, 64, 256, 4, 3), KernelConfig(16, 64, 128, 4, 3), KernelConfig(16, 128, 128, 4, 3),
+                  KernelConfig(16, 64, 256, 4, 3, swap_ab=1), KernelConfig(16, 128, 128, 4, 3, swap_ab=1),
+                  KernelConfig(16, 128, 256, 4, 3, swap_ab=1), KernelConfig(16, 64, 128, 4, 4, swap_ab=1),
+                  KernelConfig(16, 128, 128, 8, 3, swap_ab=1), KernelConfig(32, 128, 128, 4, 3, swap_ab=1)],
+    "moe_medium": [KernelConfig(32, 64, 128, 4, 3), KernelConfig(64, 64, 128, 4, 3), KernelConfig(64, 64, 64, 4, 4),
+                   KernelConfig(16, 64, 128, 4, 3, swap_ab=1), KernelConfig(16, 128, 128, 4, 3, swap_ab=1),
+                   KernelConfig(32, 64, 128, 4, 3, swap_ab=1), KernelConfig(32, 128, 128, 4, 3, swap_ab=1),
+                   KernelConfig(32, 128, 64, 4, 4, swap_ab=1), KernelConfig(32, 128, 128, 8, 3, swap_ab=1),
+                   KernelConfig(64, 128, 64, 4, 3, swap_ab=1), KernelConfig(64, 128, 128, 8, 3, swap_ab=1),
+                   KernelConfig(16, 128, 256, 4, 3, swap_ab=1), KernelConfig(32, 64, 256, 4, 3, swap_ab=1)],
+}
+MOE_TOKENS = {"moe_small": (1, 8, 32), "moe_medium": (64, 256)}
+
+
+def tune_moe(out: Path, regime: str) -> tuple[KernelConfig, list[str]]:
+    """Sweep one MoE regime: T tokens routed uniformly over 16 experts, and skewed over 5 (what
+    random weights give: ~4.6 experts touched per layer at batch 256)."""
+    e, h, i = 16, 2048, 2048
+    g = torch.Generator(device="cuda").manual_seed(0)
+    gate_up = torch.randn(e, 2 * i, h, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    down = torch.randn(e, h, i, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    cases = _moe_cases(MOE_TOKENS[regime], e, h, g)
+    return sweep(regime, MOE_GRIDS[regime], cases, lambda c: moe_top1(c[0], c[1], c[2], gate_up, down), out)
 
 
 def tune_conv(out: Path) -> tuple[KernelConfig, list[str]]:
@@ -133,10 +157,12 @@ def main() -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"# decode kernel sweep on {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    moe, moe_lines = tune_moe(args.out)
-    for line in moe_lines:
-        print(line, flush=True)
-    result = {"moe_medium": asdict(moe)}
+    result = {}
+    for regime in ("moe_medium", "moe_small"):
+        moe, moe_lines = tune_moe(args.out, regime)
+        for line in moe_lines:
+            print(line, flush=True)
+        result[regime] = asdict(moe)
     try:
         conv, conv_lines = tune_conv(args.out)
         for line in conv_lines:

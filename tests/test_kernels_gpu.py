@@ -227,9 +227,21 @@ def _moe_inputs(t: int, e: int, h: int, i: int, dtype: torch.dtype, g: torch.Gen
     return x, ids, w, gu, dn
 
 
+@pytest.mark.parametrize("swap_ab", [0, 1], ids=["tokens-on-M", "weights-on-M"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tokens", [1, 37, 100, 300])  # small, small, medium, large tiles (5 experts)
-def test_moe_grouped_gemm_with_skip_class(dtype: torch.dtype, tokens: int) -> None:
+def test_moe_grouped_gemm_with_skip_class(dtype: torch.dtype, tokens: int, swap_ab: int, tmp_path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    regimes = ("moe_small", "moe_medium", "moe_large")
+    (tmp_path / "t.json").write_text(json.dumps({r: {"swap_ab": swap_ab} for r in regimes}))
+    monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(tmp_path / "t.json"))
+    from model.kernels import moe
+
+    launched = []
+    for name in ("_gate_up_kernel", "_down_kernel", "_gate_up_swapped_kernel", "_down_swapped_kernel"):
+        monkeypatch.setattr(moe, name, _Recorded(getattr(moe, name), name, launched))
     g = _gen(29 + tokens)
     e, h, i = 5, 192, 160
     x, ids, w, gu, dn = _moe_inputs(tokens, e, h, i, dtype, g)
@@ -239,6 +251,19 @@ def test_moe_grouped_gemm_with_skip_class(dtype: torch.dtype, tokens: int) -> No
     assert torch.all(out[skipped] == 0), "skipped tokens must have exactly zero output"
     if (~skipped).any():
         _check(out[~skipped], expect[~skipped], dtype, f"moe T={tokens}")
+    swapped = ["_gate_up_swapped_kernel", "_down_swapped_kernel"]
+    assert launched == (swapped if swap_ab else ["_gate_up_kernel", "_down_kernel"])
+
+
+class _Recorded:
+    """A Triton kernel whose launches are recorded by name (which variant really ran)."""
+
+    def __init__(self, kernel, name: str, log: list[str]) -> None:
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append(self.name)
+        return self.kernel[grid]
 
 
 def _router_weights(r: int, classes: int, dtype: torch.dtype, g: torch.Generator):

@@ -10,6 +10,13 @@ Plan (no host synchronization, so the whole thing can live inside a CUDA graph):
   4. kernel 2: y = (h @ Wd^T) * router_weight, scattered straight to the token's row.
 Skipped tokens are only zero-filled. Each touched expert's weights stream from HBM once per
 tile column, so decode (few rows per expert) is bound by weight bytes, prefill by FLOPs.
+
+Swapped variant (a config's `swap_ab`): at decode sizes an expert's tile holds a handful of
+tokens, but Hopper's warpgroup MMA needs 64 rows on its M side, so a 64-row token tile does
+64 rows of multiply-adds for, say, 16 tokens (at batch 256 over 16 experts, 4x the useful
+FLOPs: enough to make the "memory-bound" MoE compute-bound). The swapped kernels compute the
+transposed product, weight rows on M and tokens on N (16 suffice), with the same tiles,
+schedule and roundings.
 """
 
 from __future__ import annotations
@@ -97,6 +104,88 @@ def _down_kernel(
     tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
     tl.store(Y + tok[:, None] * stride_yt + offs_n[None, :], (acc * wr[:, None]).to(Y.dtype.element_ty),
              mask=rmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _gate_up_swapped_kernel(
+    X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END,
+    hidden, inter,
+    stride_xt, stride_we, stride_wn, stride_wk, stride_ht,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """`_gate_up_kernel` with the product transposed: h^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, K] @
+    x^T [K, BLOCK_M]. The weight rows fill the MMA's M side (Hopper's warpgroup MMA needs 64
+    there) and a tile's tokens its N side (16 is enough), so a decode tile of a few tokens is
+    not padded to 64 rows of wasted multiply-adds."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    e = tl.load(BLK_EXPERT + pid_m)
+    if e < 0:
+        return
+    start = tl.load(BLK_START + pid_m)
+    end = tl.load(BLK_END + pid_m)
+    rows = start + tl.arange(0, BLOCK_M)
+    rmask = rows < end
+    tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < inter
+    offs_k = tl.arange(0, BLOCK_K)
+    xt_ptr = X + tok[None, :] * stride_xt + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
+    w_base = W + e.to(tl.int64) * stride_we
+    wg_ptr = w_base + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk  # [BLOCK_N, BLOCK_K]
+    wu_ptr = wg_ptr + inter * stride_wn
+    acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, hidden, BLOCK_K):
+        kmask = (k0 + offs_k) < hidden
+        xt = tl.load(xt_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+        wg = tl.load(wg_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
+        wu = tl.load(wu_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
+        acc_g = tl.dot(wg, xt, acc_g, input_precision=PRECISION)
+        acc_u = tl.dot(wu, xt, acc_u, input_precision=PRECISION)
+        xt_ptr += BLOCK_K
+        wg_ptr += BLOCK_K * stride_wk
+        wu_ptr += BLOCK_K * stride_wk
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+    tl.store(H + rows.to(tl.int64)[None, :] * stride_ht + offs_n[:, None], h.to(H.dtype.element_ty),
+             mask=nmask[:, None] & rmask[None, :])
+
+
+@triton.jit
+def _down_swapped_kernel(
+    H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END,
+    hidden, inter,
+    stride_ht, stride_we, stride_wn, stride_wk, stride_yt,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """`_down_kernel` transposed like `_gate_up_swapped_kernel`: y^T = Wd @ h^T per tile."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    e = tl.load(BLK_EXPERT + pid_m)
+    if e < 0:
+        return
+    start = tl.load(BLK_START + pid_m)
+    end = tl.load(BLK_END + pid_m)
+    rows = start + tl.arange(0, BLOCK_M)
+    rmask = rows < end
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < hidden
+    offs_k = tl.arange(0, BLOCK_K)
+    ht_ptr = H + rows.to(tl.int64)[None, :] * stride_ht + offs_k[:, None]  # h^T tile [BLOCK_K, BLOCK_M]
+    w_ptr = W + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, inter, BLOCK_K):
+        kmask = (k0 + offs_k) < inter
+        ht = tl.load(ht_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+        wt = tl.load(w_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
+        acc = tl.dot(wt, ht, acc, input_precision=PRECISION)
+        ht_ptr += BLOCK_K
+        w_ptr += BLOCK_K * stride_wk
+    acc = acc.to(Y.dtype.element_ty).to(tl.float32)  # rounded before the router weight, as upstream
+    wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
+    tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
+    tl.store(Y + tok[None, :] * stride_yt + offs_n[:, None], (acc * wr[None, :]).to(Y.dtype.element_ty),
+             mask=nmask[:, None] & rmask[None, :])
 
 
 @triton.jit
@@ -272,14 +361,16 @@ def moe_top1(
     order, sorted_w, blk_e, blk_s, blk_end = schedule(expert_ids, expert_weights, num_experts, bm)
     h = torch.empty((t, inter), dtype=x.dtype, device=x.device)
     nb = blk_e.shape[0]
-    _gate_up_kernel[(nb, triton.cdiv(inter, bn))](
+    gate_up_kernel, down_kernel = ((_gate_up_swapped_kernel, _down_swapped_kernel) if cfg.swap_ab
+                                   else (_gate_up_kernel, _down_kernel))
+    gate_up_kernel[(nb, triton.cdiv(inter, bn))](
         x, gate_up_proj, h, order, blk_e, blk_s, blk_end,
         hidden, inter,
         x.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2), h.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
         num_warps=cfg.num_warps, num_stages=stages,
     )
-    _down_kernel[(nb, triton.cdiv(hidden, bn))](
+    down_kernel[(nb, triton.cdiv(hidden, bn))](
         h, down_proj, out, order, sorted_w, blk_e, blk_s, blk_end,
         hidden, inter,
         h.stride(0), down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), out.stride(0),

@@ -38,6 +38,9 @@ class KernelConfig:
     block_k: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    # MoE only: 1 = the transposed grouped GEMM (weight rows on the MMA's M side; block_m is
+    # then the tokens per tile, block_n the weight rows per tile); see model/kernels/moe.py
+    swap_ab: int = 0
 
 
 # Per-kernel entries. Keys are used by the launchers in this package:
@@ -173,9 +176,9 @@ def _overrides(path: str) -> dict[str, dict[str, int]]:
         if kernel not in DEFAULT:
             raise ValueError(f"ZAYA_KERNEL_TUNING={path}: unknown kernel {kernel!r}; known: {sorted(DEFAULT)}")
         if not isinstance(entry, dict) or not set(entry) <= known or not all(
-                isinstance(v, int) and v > 0 for v in entry.values()):
+                isinstance(v, int) and (v in (0, 1) if k == "swap_ab" else v > 0) for k, v in entry.items()):
             raise ValueError(f"ZAYA_KERNEL_TUNING={path}: {kernel!r} must map fields {sorted(known)} "
-                             f"to positive integers, got {entry!r}")
+                             f"to positive integers (swap_ab: 0 or 1), got {entry!r}")
     return data
 
 

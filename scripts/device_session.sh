@@ -64,7 +64,7 @@ for step in ${STEPS:-model kernels rsa}; do
              [ -f "$R/tune/tuning.json" ] && export ZAYA_KERNEL_TUNING="$R/tune/tuning.json" ;;
     gputests) run_step gputests python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider \
                tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_cca_qk.py tests/test_kernels_gpu.py \
-               -k "conv or moe or sampl or slot or qk" ;;
+               -k "conv or moe or sampl or slot or qk or router" ;;
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
     profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \

@@ -109,3 +109,28 @@ def test_the_kernel_checks_under_the_interpreter() -> None:
     done = rerun_under_interpreter(__file__, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+@needs_kernel
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "composed"])
+def test_keys_go_straight_into_cache_rows(fused: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The decode step passes its K cache and the tokens' page slots: keys land in those rows
+    # (nothing else changes) and the queries are the ones of the plain call.
+    from model.kernels import qk_epilogue
+
+    monkeypatch.setenv("ZAYA_FUSED_QK", fused)
+    hq, hk, d, half = SHAPES[0]
+    args = _inputs(6, hq, hk, d, half, torch.float32, seed=11)
+    q, k = qk_epilogue.cca_qk(*args, hq, hk)
+    cache = torch.randn(20, hk, d, device=DEVICE)
+    before = cache.clone()
+    rows = torch.tensor([3, 17, 0, 9, 12, 5], device=DEVICE)
+    q2, out = qk_epilogue.cca_qk(*args, hq, hk, k_out=cache, out_rows=rows)
+    assert out is cache and torch.equal(q2, q)
+    assert torch.equal(cache[rows], k)
+    untouched = torch.ones(20, dtype=torch.bool, device=DEVICE)
+    untouched[rows] = False
+    assert torch.equal(cache[untouched], before[untouched])
+    with pytest.raises(ValueError, match="one row per token"):
+        qk_epilogue.cca_qk(*args, hq, hk, k_out=cache, out_rows=rows[:3])

@@ -187,6 +187,29 @@ def test_conv_value_decode_matches_reference(real: int, pad: int, groups: int, c
     _check_state(value_state, value_expect, value_before, slots, real)
 
 
+@needs_triton
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_value_heads_go_straight_into_cache_rows(dtype: torch.dtype) -> None:
+    from model.kernels import cca_conv_value_decode
+
+    real, pad, width = 9, 3, 20
+    qk, v, conv_state, value_state, slots, w = _case(real, pad, 3, 24, width, real + pad + 5, dtype, seed=3)
+    plain_conv, plain_v = cca_conv_value_decode(qk, v, conv_state.clone(), value_state.clone(), slots, *w)
+    ref_conv, ref_v = ref.cca_conv_value_decode(qk, v, conv_state.clone(), value_state.clone(), slots, *w)
+    rows = torch.randperm(40, device=DEVICE)[: real + pad]
+    for fn in (cca_conv_value_decode, ref.cca_conv_value_decode):
+        cache = torch.randn(40, 2 * width, device=DEVICE).to(dtype)
+        before = cache.clone()
+        conv, out = fn(qk, v, conv_state.clone(), value_state.clone(), slots, *w, v_out=cache, out_rows=rows)
+        assert out is cache
+        assert torch.equal(cache[rows[:real]], plain_v[:real]) and torch.equal(plain_v[:real], ref_v[:real])
+        untouched = torch.ones(40, dtype=torch.bool, device=DEVICE)
+        untouched[rows] = False
+        assert torch.equal(cache[untouched], before[untouched])
+        assert torch.equal(conv[:real], (plain_conv if fn is cca_conv_value_decode else ref_conv)[:real])
+
+
 # ---- the runner's decode step with CUDA-graph padding rows ----------------------------------
 
 

@@ -300,6 +300,31 @@ def test_router_top1_matches_float64_choice_and_weight(dtype: torch.dtype, token
     _check(weight[same], w64[same], dtype, "router weight")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_router_forms_the_depth_average_in_place(dtype: torch.dtype) -> None:
+    # With the previous layer's state, s + prev * scale is formed in the kernel (rounded as
+    # PyTorch rounds it) and left in s for the next layer; the choice is that of routing it.
+    g = _gen(41)
+    r, classes = 256, 17
+    s = _randn(40, r, dtype=dtype, g=g, scale=2.0)
+    prev = _randn(40, r, dtype=dtype, g=g, scale=2.0)
+    scale = _randn(r, dtype=dtype, g=g, scale=0.5) + 1.0
+    wts = _router_weights(r, classes, dtype, g)
+    bias = torch.zeros(classes, device=DEVICE)
+    bias[-1] = -1.0
+    expect_s = s + prev * scale
+    w_plain, c_plain = router_top1(expect_s.clone(), **wts, balancing_biases=bias, eps=1e-5)
+    got = s.clone()
+    w, c = router_top1(got, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale)
+    assert torch.equal(got, expect_s)
+    assert torch.equal(c, c_plain) and torch.equal(w, w_plain)
+    ref_s = s.clone()
+    ref.router_top1(ref_s, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale)
+    assert torch.equal(ref_s, expect_s)
+    with pytest.raises(ValueError, match="prev must be"):
+        router_top1(s.clone(), **wts, balancing_biases=bias, eps=1e-5, prev=prev[:3], prev_scale=scale)
+
+
 def _router_margin(s: torch.Tensor, wts: dict[str, torch.Tensor], bias: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 

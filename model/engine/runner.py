@@ -191,11 +191,12 @@ class ModelRunner:
         ops = self.ops
         x2, r = ops.add_rms_norm(a, h, lw.post_attn_norm, self.eps, lw.post_attn_scaling)
         s = F.linear(x2, lw.router_down_weight, lw.router_down_bias)
-        if lw.router_states_scale is not None and router_state is not None:
-            s = s + router_state * lw.router_states_scale
+        averaged = lw.router_states_scale is not None and router_state is not None
+        # with prev, the router forms s + prev * scale itself and leaves it in s (the next state)
         weight, choice = ops.router_top1(s, lw.router_norm, lw.router_fc1_weight, lw.router_fc1_bias,
                                          lw.router_fc2_weight, lw.router_fc2_bias, lw.router_out_weight,
-                                         lw.balancing_biases, self.eps)
+                                         lw.balancing_biases, self.eps, prev=router_state if averaged else None,
+                                         prev_scale=lw.router_states_scale if averaged else None)
         m = ops.moe_top1(x2, choice, weight, lw.gate_up, lw.down)
         next_norm = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.final_norm
         x, h = ops.add_rms_norm(m, r, next_norm, self.eps, lw.post_mlp_scaling)
@@ -252,13 +253,13 @@ class ModelRunner:
         for i, lw in enumerate(self.layers):
             qk, v = self._project(lw, x)
             # Conv and delayed-value state are read and written in their slots by one op
-            # (no gather / index_copy round trip); padding rows share the scratch slot.
-            conv, v_all = ops.cca_conv_value_decode(qk, v, cache.conv[i], cache.value[i], inp.slots,
-                                                    lw.dw_weight, lw.dw_bias, lw.gw_weight, lw.gw_bias)
-            v_all = v_all.view(-1, self.hk, self.d)
-            q, k = self._qk(lw, qk, conv, inp.positions)
-            cache.k[i].view(-1, self.hk, self.d).index_copy_(0, write_idx, k)
-            cache.v[i].view(-1, self.hk, self.d).index_copy_(0, write_idx, v_all)
+            # (no gather / index_copy round trip; padding rows share the scratch slot), and
+            # the value heads and the keys go straight into their K/V page slots.
+            conv, _ = ops.cca_conv_value_decode(qk, v, cache.conv[i], cache.value[i], inp.slots,
+                                                lw.dw_weight, lw.dw_bias, lw.gw_weight, lw.gw_bias,
+                                                v_out=cache.v[i].view(-1, self.hk * self.d), out_rows=write_idx)
+            q, _ = ops.cca_qk(qk, conv, lw.temp, inp.positions, lw.inv_freq, self.hq, self.hk,
+                              k_out=cache.k[i].view(-1, self.hk, self.d), out_rows=write_idx)
             o = ops.cca_decode_attention(q, cache.k[i], cache.v[i], table, inp.seq_lens, self.scale,
                                          lw.sliding_window, num_splits[lw.sliding_window])
             a = F.linear(o.reshape(o.shape[0], -1), lw.o_weight, lw.o_bias)

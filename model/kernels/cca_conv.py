@@ -34,13 +34,13 @@ from .tuning import kernel_config
 @triton.jit
 def _conv_decode_kernel(
     QK, S, SLOTS, DW, DB, GW, GB, OUT,
-    V, VS, VOUT,
+    V, VS, VOUT, VROWS,
     batch, v_width,
     stride_slot, stride_xb, stride_sb, stride_dw_c, stride_dw_k, stride_ob,
     stride_vb, stride_vsb, stride_vob,
     CG: tl.constexpr, CG_PAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_SLOTS: tl.constexpr, UPDATE_STATE: tl.constexpr,
-    HAS_VALUE: tl.constexpr, V_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_VALUE: tl.constexpr, V_BLOCK: tl.constexpr, HAS_VROWS: tl.constexpr, PRECISION: tl.constexpr,
 ):
     g = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -105,7 +105,11 @@ def _conv_decode_kernel(
         vm = rmask[:, None] & (cols < v_width)[None, :]
         vs_ptr = VS + srow[:, None] * stride_vsb + cols[None, :]
         v_ptr = V + rows64[:, None] * stride_vb + cols[None, :]
-        vo_ptr = VOUT + rows64[:, None] * stride_vob + cols[None, :]
+        if HAS_VROWS:  # straight into the V cache: row b goes to its page slot VROWS[b]
+            orow = tl.load(VROWS + rows64, mask=rmask, other=0).to(tl.int64)
+        else:
+            orow = rows64
+        vo_ptr = VOUT + orow[:, None] * stride_vob + cols[None, :]
         previous = tl.load(vs_ptr, mask=vm, other=0.0)
         current = tl.load(v_ptr, mask=vm, other=0.0)
         delayed = tl.load(v_ptr + v_width, mask=vm, other=0.0)
@@ -123,11 +127,12 @@ def _launch(
     gw_weight: torch.Tensor,
     gw_bias: torch.Tensor,
     update_state: bool,
-    value: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    value: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
     block_b: int | None,
     block_k: int | None,
 ) -> torch.Tensor:
-    """Checks shapes, launches the kernel; `value` = (v, value_state, v_out) or None. Returns the conv output."""
+    """Checks shapes, launches the kernel; `value` = (v, value_state, v_out, v_out rows or
+    None) or None. Returns the conv output."""
     b_size, c = qk.shape
     cg = gw_weight.shape[1]
     rows = b_size if slots is None else conv_state.shape[0]
@@ -162,22 +167,22 @@ def _launch(
     groups = c // cg
     if value is None:
         v = vs = vo = qk  # unused (HAS_VALUE=False): any tensor argument
-        v_width, v_block = 0, 1
+        v_rows, v_width, v_block = None, 0, 1
     else:
-        v, vs, vo = value
+        v, vs, vo, v_rows = value
         v_width = vs.shape[1]
         v_block = triton.next_power_of_2(triton.cdiv(v_width, groups))  # groups * v_block >= v_width
     grid = (groups, triton.cdiv(b_size, block_b))
     _conv_decode_kernel[grid](
         qk, conv_state, slots if slots is not None else qk, dw_weight, dw_bias, gw_weight, gw_bias, out,
-        v, vs, vo,
+        v, vs, vo, v_rows if v_rows is not None else qk,
         b_size, v_width,
         slots.stride(0) if slots is not None else 0, qk.stride(0), conv_state.stride(0),
         dw_weight.stride(0), dw_weight.stride(2), out.stride(0),
         v.stride(0), vs.stride(0), vo.stride(0),
         CG=cg, CG_PAD=cg_pad, BLOCK_B=block_b, BLOCK_K=block_k,
         HAS_SLOTS=slots is not None, UPDATE_STATE=update_state,
-        HAS_VALUE=value is not None, V_BLOCK=v_block,
+        HAS_VALUE=value is not None, V_BLOCK=v_block, HAS_VROWS=v_rows is not None,
         PRECISION="ieee" if gw_weight.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -222,12 +227,15 @@ def cca_conv_value_decode(
     *,
     block_b: int | None = None,
     block_k: int | None = None,
+    v_out: torch.Tensor | None = None,
+    out_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton decode-step state update (conv + delayed value) in one launch; same contract as
     `reference.cca_conv_value_decode`.
 
     v [B, 2W] = [v_current | v_delayed] (unit stride in W), value_state [num_slots, W] (unit
-    stride in W); the rest as in `cca_conv_decode` with slots.
+    stride in W); the rest as in `cca_conv_decode` with slots. v_out [N, 2W] (unit stride in
+    its last dim) with out_rows [B]: the value heads are stored in those rows (the V cache).
     """
     b_size = qk.shape[0]
     width = value_state.shape[1]
@@ -237,7 +245,13 @@ def cca_conv_value_decode(
         v = v.contiguous()
     if value_state.stride(1) != 1:
         raise ValueError("value_state needs unit stride in its last dim (it is updated in place)")
-    v_out = torch.empty(b_size, 2 * width, device=v.device, dtype=v.dtype)
-    conv = _launch(qk, conv_state, slots, dw_weight, dw_bias, gw_weight, gw_bias, True, (v, value_state, v_out),
+    rows = out_rows if v_out is not None else None
+    if v_out is None:
+        v_out = torch.empty(b_size, 2 * width, device=v.device, dtype=v.dtype)
+    elif out_rows is None or out_rows.shape != (b_size,) or v_out.shape[1:] != (2 * width,) or v_out.stride(1) != 1:
+        raise ValueError(f"v_out must be [N, {2 * width}] with unit last stride and out_rows [{b_size}]; got "
+                         f"{tuple(v_out.shape)}, {None if out_rows is None else tuple(out_rows.shape)}")
+    conv = _launch(qk, conv_state, slots, dw_weight, dw_bias, gw_weight, gw_bias, True,
+                   (v, value_state, v_out, rows),
                    block_b, block_k)
     return conv, v_out

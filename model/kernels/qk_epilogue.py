@@ -56,9 +56,10 @@ def _q_res(QK, row, hq, dd, HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr, 
 
 @triton.jit
 def _kernel(
-    QK, CONV, TEMP, POS, INV_FREQ, QO, KO,
+    QK, CONV, TEMP, POS, INV_FREQ, QO, KO, KROWS,
     stride_qk, stride_conv, eps, sqrt_d,
     HQ: tl.constexpr, HK: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+    HAS_ROWS: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     DT: tl.constexpr = QO.dtype.element_ty
@@ -99,7 +100,8 @@ def _kernel(
     k = _rnd(_rnd(k * ks[:, None], DT) * temp[:, None], DT)
     k_p = _rnd(_rnd(k_p * ks[:, None], DT) * temp[:, None], DT)
     ko = tl.where(rot[None, :], k * cos[None, :] + k_p * sin[None, :], k)
-    tl.store(KO + t * HK * D + hk[:, None] * D + d[None, :], ko.to(DT))
+    krow = tl.load(KROWS + t).to(tl.int64) if HAS_ROWS else t  # a K cache slot, or row t
+    tl.store(KO + krow * HK * D + hk[:, None] * D + d[None, :], ko.to(DT))
 
 
 def _pow2(n: int) -> bool:
@@ -107,20 +109,30 @@ def _pow2(n: int) -> bool:
 
 
 def fused_cca_qk(qk: torch.Tensor, conv: torch.Tensor, temp: torch.Tensor, positions: torch.Tensor,
-                 inv_freq: torch.Tensor, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one-launch kernel; shapes must be powers of two (`supports`)."""
+                 inv_freq: torch.Tensor, num_heads: int, num_kv_heads: int, k_out: torch.Tensor | None = None,
+                 out_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-launch kernel; shapes must be powers of two (`supports`). With k_out/out_rows
+    the keys are stored straight into k_out's rows (no separate index copy)."""
     t, c = qk.shape
     hq, hk = num_heads, num_kv_heads
     d = c // (hq + hk)
     if qk.stride(1) != 1 or conv.stride(1) != 1:
         raise ValueError("qk and conv need unit stride along channels")
     q = torch.empty(t, hq, d, device=qk.device, dtype=qk.dtype)
-    k = torch.empty(t, hk, d, device=qk.device, dtype=qk.dtype)
+    if k_out is None:
+        k = torch.empty(t, hk, d, device=qk.device, dtype=qk.dtype)
+    else:
+        if out_rows is None or out_rows.shape != (t,):
+            raise ValueError(f"out_rows must give one row per token ({t})")
+        if k_out.shape[1:] != (hk, d) or not k_out.is_contiguous() or k_out.dtype != qk.dtype:
+            raise ValueError(f"k_out must be a contiguous [N, {hk}, {d}] {qk.dtype} tensor, got "
+                             f"{tuple(k_out.shape)} {k_out.dtype}")
+        k = k_out
     if t:
         _kernel[(t,)](
-            qk, conv, temp, positions, inv_freq.contiguous(), q, k,
+            qk, conv, temp, positions, inv_freq.contiguous(), q, k, out_rows if k_out is not None else positions,
             qk.stride(0), conv.stride(0), torch.finfo(qk.dtype).eps, d**0.5,
-            HQ=hq, HK=hk, G=hq // hk, D=d, HALF=inv_freq.shape[0], num_warps=4,
+            HQ=hq, HK=hk, G=hq // hk, D=d, HALF=inv_freq.shape[0], HAS_ROWS=k_out is not None, num_warps=4,
         )
     return q, k
 
@@ -132,10 +144,12 @@ def supports(num_heads: int, num_kv_heads: int, head_dim: int, half: int) -> boo
 
 
 def cca_qk(qk: torch.Tensor, conv: torch.Tensor, temp: torch.Tensor, positions: torch.Tensor,
-           inv_freq: torch.Tensor, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+           inv_freq: torch.Tensor, num_heads: int, num_kv_heads: int, k_out: torch.Tensor | None = None,
+           out_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `reference.cca_qk`: the fused kernel unless disabled (ZAYA_FUSED_QK=0)
     or the shapes do not allow it, else the PyTorch composition with the Triton rotary kernel."""
     d = qk.shape[1] // (num_heads + num_kv_heads)
     if fused_enabled() and supports(num_heads, num_kv_heads, d, inv_freq.shape[0]):
-        return fused_cca_qk(qk, conv, temp, positions, inv_freq, num_heads, num_kv_heads)
-    return reference.cca_qk(qk, conv, temp, positions, inv_freq, num_heads, num_kv_heads, rotary=apply_partial_rotary)
+        return fused_cca_qk(qk, conv, temp, positions, inv_freq, num_heads, num_kv_heads, k_out, out_rows)
+    return reference.cca_qk(qk, conv, temp, positions, inv_freq, num_heads, num_kv_heads, rotary=apply_partial_rotary,
+                            k_out=k_out, out_rows=out_rows)

@@ -121,6 +121,8 @@ def cca_qk(
     num_heads: int,
     num_kv_heads: int,
     rotary=None,
+    k_out: torch.Tensor | None = None,
+    out_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CCA's queries and keys from the packed [q0, k0] projections and their convolution.
 
@@ -132,6 +134,8 @@ def cca_qk(
     RoPE. Returns q [T, Hq, D], k [T, Hk, D], contiguous, in qk's dtype. Each step is one
     PyTorch op in the model dtype, in `model.zaya1`'s order (the roundings the fused kernel
     reproduces). `rotary`: the RoPE implementation (default: this module's).
+    With `k_out` [N, Hk, D] and `out_rows` [T], token t's keys go to k_out[out_rows[t]] (the
+    decode step's K cache slots) and k_out is returned in place of k.
     """
     t, c = qk.shape
     hq, hk = num_heads, num_kv_heads
@@ -147,7 +151,17 @@ def cca_qk(
     q = q * (d**0.5 / q.norm(p=2, dim=-1, keepdim=True).clamp_min(eps))
     k = k * (d**0.5 / k.norm(p=2, dim=-1, keepdim=True).clamp_min(eps))
     k = k * temp[None, :, None]
-    return (rotary or apply_partial_rotary)(q.contiguous(), k.contiguous(), positions, inv_freq)
+    q, k = (rotary or apply_partial_rotary)(q.contiguous(), k.contiguous(), positions, inv_freq)
+    return (q, k) if k_out is None else (q, _write_rows(k_out, out_rows, k))
+
+
+def _write_rows(out: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    """out[rows[i]] = values[i]; out is returned (the `out_rows` contract of the decode ops)."""
+    if rows is None or rows.shape[0] != values.shape[0]:
+        raise ValueError(f"out_rows must give one row per token ({values.shape[0]}), got "
+                         f"{None if rows is None else tuple(rows.shape)}")
+    out.index_copy_(0, rows.long(), values.to(out.dtype))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,6 +334,8 @@ def cca_conv_value_decode(
     *,
     block_b: int | None = None,
     block_k: int | None = None,
+    v_out: torch.Tensor | None = None,
+    out_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The decode step's per-sequence state: the convolution (`cca_conv_decode` on
     conv_state[slots], updated) and the delayed value.
@@ -327,14 +343,17 @@ def cca_conv_value_decode(
     v [B, 2W] is [v_current | v_delayed] of this token; value_state [num_slots, W] holds each
     slot's previous v_delayed. Returns (conv [B, C], [v_current | previous v_delayed] [B, 2W],
     the token's value heads) and stores v_delayed in value_state[slots]. Slots as in
-    `cca_conv_decode` (the shared scratch slot of padding rows holds garbage).
+    `cca_conv_decode` (the shared scratch slot of padding rows holds garbage). With `v_out`
+    [N, 2W] and `out_rows` [B], row b of the value heads goes to v_out[out_rows[b]] (the V
+    cache slots) and v_out is returned in its place.
     """
     conv = cca_conv_decode(qk, conv_state, dw_weight, dw_bias, gw_weight, gw_bias, slots=slots,
                            block_b=block_b, block_k=block_k)
     width = value_state.shape[1]
     previous = value_state[slots]
     value_state.index_copy_(0, slots.long(), v[:, width:].to(value_state.dtype))
-    return conv, torch.cat([v[:, :width], previous.to(v.dtype)], dim=-1)
+    heads = torch.cat([v[:, :width], previous.to(v.dtype)], dim=-1)
+    return conv, heads if v_out is None else _write_rows(v_out, out_rows, heads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,14 +404,21 @@ def router_top1(
     out_weight: torch.Tensor,
     balancing_biases: torch.Tensor,
     eps: float,
+    prev: torch.Tensor | None = None,
+    prev_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Router of one ZAYA MoE block on its (already depth-averaged) state s [T, R].
+    """Router of one ZAYA MoE block on its state s [T, R]. With `prev` (the previous layer's
+    router state [T, R]) and `prev_scale` [R], the depth average s + prev * prev_scale is
+    formed first (two roundings in s's dtype, as `model.zaya1`) and written back into s, the
+    state the next layer reads.
 
     logits = out_proj(gelu(fc2(gelu(fc1(rmsnorm(s)))))) over E+1 classes, p = softmax(logits),
     choice = argmax(p + balancing_biases) in fp32 (the biases move the choice, not the
     weight). Returns (weight [T] fp32 = p[choice], 0 for the skip class; choice [T] int32,
     where E is the skip class).
     """
+    if prev is not None:
+        s.copy_(s + prev * prev_scale)
     h = rms_norm(s, norm_weight, eps)
     h = F.gelu(F.linear(h, fc1_weight, fc1_bias))
     h = F.gelu(F.linear(h, fc2_weight, fc2_bias))

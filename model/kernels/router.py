@@ -28,18 +28,28 @@ def _gelu(x):
 
 @triton.jit
 def _router_kernel(
-    S, NW, W1, B1, W2, B2, WO, BIAS, OUT_W, OUT_E,
-    n_tokens, width, n_classes, eps, stride_s,
+    S, PREV, PREV_SCALE, NW, W1, B1, W2, B2, WO, BIAS, OUT_W, OUT_E,
+    n_tokens, width, n_classes, eps, stride_s, stride_prev,
     R_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr, CHUNK: tl.constexpr,
-    PRECISION: tl.constexpr,
+    HAS_PREV: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < n_tokens
     cols = tl.arange(0, R_PAD)
     cmask = cols < width
-    s = tl.load(S + rows.to(tl.int64)[:, None] * stride_s + cols[None, :],
-                mask=rmask[:, None] & cmask[None, :], other=0.0)
+    smask = rmask[:, None] & cmask[None, :]
+    s_ptr = S + rows.to(tl.int64)[:, None] * stride_s + cols[None, :]
+    s = tl.load(s_ptr, mask=smask, other=0.0)
+    if HAS_PREV:
+        # depth average s + prev * scale, each product and sum rounded to s's dtype as in
+        # PyTorch; written back: it is the state the next layer's router adds
+        sdt = S.dtype.element_ty
+        prev = tl.load(PREV + rows.to(tl.int64)[:, None] * stride_prev + cols[None, :], mask=smask, other=0.0)
+        scale = tl.load(PREV_SCALE + cols, mask=cmask, other=0.0)
+        scaled = (prev.to(tl.float32) * scale.to(tl.float32)[None, :]).to(sdt)
+        s = (s.to(tl.float32) + scaled.to(tl.float32)).to(sdt)
+        tl.store(s_ptr, s, mask=smask)
     wdt = W1.dtype.element_ty
     sf = s.to(wdt).to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(sf * sf, axis=1) / width + eps)
@@ -88,8 +98,11 @@ def router_top1(
     out_weight: torch.Tensor,
     balancing_biases: torch.Tensor,
     eps: float,
+    prev: torch.Tensor | None = None,
+    prev_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton fused router; same contract as `reference.router_top1`.
+    """Triton fused router; same contract as `reference.router_top1` (with `prev`, the depth
+    average is formed in the same launch and written back into s).
 
     s [T, R] with R the router width; fc weights [R, R] (nn.Linear layout, contiguous);
     out_weight [E+1, R]. Intermediates are kept in fp32 and rounded to the weight dtype
@@ -103,7 +116,12 @@ def router_top1(
     if out_weight.shape[1] != width or not out_weight.is_contiguous():
         raise ValueError(f"out_weight must be a contiguous [E+1, {width}] matrix, got {tuple(out_weight.shape)}")
     if s.stride(1) != 1:
+        if prev is not None:
+            raise ValueError("s needs unit stride in its last dim (it is updated in place with prev)")
         s = s.contiguous()
+    if prev is not None:
+        if prev.shape != s.shape or prev.stride(1) != 1 or prev_scale is None or prev_scale.shape != (width,):
+            raise ValueError(f"prev must be {tuple(s.shape)} with unit last stride and prev_scale [{width}]")
     out_w = torch.empty(t, dtype=torch.float32, device=s.device)
     out_e = torch.empty(t, dtype=torch.int32, device=s.device)
     if t == 0:
@@ -117,9 +135,11 @@ def router_top1(
         # fp32 weight tiles are twice the bytes: keep the pipelined chunks inside shared memory.
         chunk, stages = min(chunk, 64), 1
     _router_kernel[(triton.cdiv(t, block_t),)](
-        s, norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias, out_weight, balancing_biases, out_w, out_e,
-        t, width, n_classes, eps, s.stride(0),
+        s, prev if prev is not None else s, prev_scale if prev is not None else norm_weight,
+        norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias, out_weight, balancing_biases, out_w, out_e,
+        t, width, n_classes, eps, s.stride(0), prev.stride(0) if prev is not None else 0,
         R_PAD=r_pad, E_PAD=max(16, triton.next_power_of_2(n_classes)), BLOCK_T=block_t, CHUNK=chunk,
+        HAS_PREV=prev is not None,
         PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=stages,
     )

@@ -349,16 +349,19 @@ def test_router_skip_class_gets_zero_weight_when_its_bias_wins() -> None:
 
 
 @pytest.mark.parametrize("tokens", [1, 37, 300, 4000])
-def test_moe_schedule_is_a_stable_sort_with_an_exact_tile_table(tokens: int) -> None:
+@pytest.mark.parametrize("with_skip", [False, True], ids=["experts", "experts+skip"])
+def test_moe_schedule_is_a_stable_sort_with_an_exact_tile_table(tokens: int, with_skip: bool) -> None:
     from model.kernels.moe import schedule, tile_schedule
 
     g = _gen(41 + tokens)
     e, bm = 7, 16
     ids = torch.randint(0, e + 1, (tokens,), generator=g, device=DEVICE)
     w = torch.rand(tokens, generator=g, device=DEVICE)
-    tok, sw, blk_e, blk_s, blk_end = schedule(ids, w, e, bm)
-    order, ref_e, ref_s, ref_end, perm = tile_schedule(ids, e, bm)
-    n_active = int((ids < e).sum())
+    tok, sw, blk_e, blk_s, blk_end = schedule(ids, w, e, bm, with_skip)
+    order, ref_e, ref_s, ref_end, perm = tile_schedule(ids, e, bm, with_skip)
+    classes = e + 1 if with_skip else e
+    assert blk_e.shape[0] == -(-tokens // bm) + classes
+    n_active = int((ids < classes).sum())
     assert torch.equal(tok[:n_active].long(), perm[:n_active]), "not the stable sort order"
     assert torch.equal(sw[:n_active], w[perm[:n_active]])
     assert torch.equal(blk_e, ref_e)
@@ -370,4 +373,4 @@ def test_moe_schedule_is_a_stable_sort_with_an_exact_tile_table(tokens: int) -> 
         rows = torch.arange(int(blk_s[b]), min(int(blk_s[b]) + bm, int(blk_end[b])), device=DEVICE)
         assert torch.all(ids[tok[rows].long()] == blk_e[b])
         covered[tok[rows].long()] += 1
-    assert torch.equal(covered, (ids < e).long())
+    assert torch.equal(covered, (ids < classes).long())

@@ -1,14 +1,15 @@
 """Top-1 MoE as two grouped GEMMs over tokens sorted by expert, with a skip class.
 
 Plan (no host synchronization, so the whole thing can live inside a CUDA graph):
-  1. sort token ids by expert id (stable); the skip class E sorts last and is never visited;
+  1. sort token ids by expert id (stable); the skip class E sorts last;
   2. cut each expert's run of sorted rows into tiles of BLOCK_M rows; the number of tiles is
      bounded by cdiv(T, BLOCK_M) + E, so the grid is launched at that bound and surplus
      programs return at once;
   3. kernel 1: h = silu(x @ Wg^T) * (x @ Wu^T) for each tile (gate and up accumulated side by
      side from the same x tile, SwiGLU applied in registers), written in sorted order;
   4. kernel 2: y = (h @ Wd^T) * router_weight, scattered straight to the token's row.
-Skipped tokens are only zero-filled. Each touched expert's weights stream from HBM once per
+Skipped tokens get tiles of their own (expert id E) whose only work is the down kernel
+writing their zeros (no separate fill launch). Each touched expert's weights stream from HBM once per
 tile column, so decode (few rows per expert) is bound by weight bytes, prefill by FLOPs.
 
 Swapped variant (a config's `swap_ab`): at decode sizes an expert's tile holds a handful of
@@ -29,16 +30,24 @@ from .tuning import KernelConfig, kernel_config
 
 
 @triton.jit
+def _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
+    tl.store(Y + tok[:, None] * stride_yt + offs_n[None, :],
+             tl.zeros([BLOCK_M, BLOCK_N], dtype=Y.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
+
+
+@triton.jit
 def _gate_up_kernel(
     X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END,
-    hidden, inter,
+    hidden, inter, n_experts,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(BLK_EXPERT + pid_m)
-    if e < 0:
+    if (e < 0) | (e >= n_experts):  # unused tile, or the skip class (zero-filled by the down kernel)
         return
     start = tl.load(BLK_START + pid_m)
     end = tl.load(BLK_END + pid_m)
@@ -72,7 +81,7 @@ def _gate_up_kernel(
 @triton.jit
 def _down_kernel(
     H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END,
-    hidden, inter,
+    hidden, inter, n_experts,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -87,6 +96,9 @@ def _down_kernel(
     rmask = rows < end
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < hidden
+    if e == n_experts:  # the skip class: these tokens' output is zero (no separate fill launch)
+        _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M, BLOCK_N)
+        return
     offs_k = tl.arange(0, BLOCK_K)
     h_ptr = H + rows.to(tl.int64)[:, None] * stride_ht + offs_k[None, :]
     w_ptr = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
@@ -109,7 +121,7 @@ def _down_kernel(
 @triton.jit
 def _gate_up_swapped_kernel(
     X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END,
-    hidden, inter,
+    hidden, inter, n_experts,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -120,7 +132,7 @@ def _gate_up_swapped_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(BLK_EXPERT + pid_m)
-    if e < 0:
+    if (e < 0) | (e >= n_experts):  # unused tile, or the skip class (zero-filled by the down kernel)
         return
     start = tl.load(BLK_START + pid_m)
     end = tl.load(BLK_END + pid_m)
@@ -154,7 +166,7 @@ def _gate_up_swapped_kernel(
 @triton.jit
 def _down_swapped_kernel(
     H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END,
-    hidden, inter,
+    hidden, inter, n_experts,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -170,6 +182,9 @@ def _down_swapped_kernel(
     rmask = rows < end
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < hidden
+    if e == n_experts:  # the skip class: these tokens' output is zero (no separate fill launch)
+        _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M, BLOCK_N)
+        return
     offs_k = tl.arange(0, BLOCK_K)
     ht_ptr = H + rows.to(tl.int64)[None, :] * stride_ht + offs_k[:, None]  # h^T tile [BLOCK_K, BLOCK_M]
     w_ptr = W + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
@@ -248,18 +263,22 @@ _TRITON_SCHEDULE_MAX_TOKENS = 4096
 
 
 def schedule(
-    expert_ids: torch.Tensor, expert_weights: torch.Tensor, num_experts: int, block_m: int
+    expert_ids: torch.Tensor, expert_weights: torch.Tensor, num_experts: int, block_m: int,
+    with_skip: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sorted token ids, their router weights in fp32, tile expert, tile start, tile end).
 
     Sorted order is stable (tokens of one expert keep their order); only the first
     (number of non-skipped tokens) sorted entries are defined. Sync-free either way.
+    with_skip: the skip class (id E) gets tiles too (tile expert E), so a kernel can write
+    its tokens' zeros; then every token's sorted entry is defined.
     """
     t = expert_ids.shape[0]
     if t > _TRITON_SCHEDULE_MAX_TOKENS:
-        order, blk_e, blk_s, blk_end, perm = tile_schedule(expert_ids, num_experts, block_m)
+        order, blk_e, blk_s, blk_end, perm = tile_schedule(expert_ids, num_experts, block_m, with_skip)
         return order, expert_weights[perm].to(torch.float32), blk_e, blk_s, blk_end
-    nb = triton.cdiv(t, block_m) + num_experts
+    classes = num_experts + 1 if with_skip else num_experts
+    nb = triton.cdiv(t, block_m) + classes
     dev = expert_ids.device
     sorted_tok = torch.empty(t, dtype=torch.int32, device=dev)
     sorted_w = torch.empty(t, dtype=torch.float32, device=dev)
@@ -268,8 +287,8 @@ def schedule(
     blk_end = torch.empty(nb, dtype=torch.int32, device=dev)
     _schedule_kernel[(1,)](
         expert_ids, expert_weights, sorted_tok, sorted_w, blk_e, blk_s, blk_end,
-        t, num_experts, nb,
-        BLOCK_M=block_m, E_PAD=max(16, triton.next_power_of_2(num_experts)),
+        t, classes, nb,
+        BLOCK_M=block_m, E_PAD=max(16, triton.next_power_of_2(classes)),
         CHUNK=min(1024, max(16, triton.next_power_of_2(t))), NB_CHUNK=min(256, max(16, triton.next_power_of_2(nb))),
         num_warps=8,
     )
@@ -290,13 +309,14 @@ def moe_config(num_tokens: int, num_experts: int, device: torch.device) -> Kerne
 
 
 def tile_schedule(
-    expert_ids: torch.Tensor, num_experts: int, block_m: int
+    expert_ids: torch.Tensor, num_experts: int, block_m: int, with_skip: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sorted order and the per-tile (expert, first row, end row) table, without a host sync.
 
     Returns (order [T] int32: sorted position -> token, block_expert [NB] int32 (-1 = unused
     tile), block_start [NB], block_end [NB] int32), plus the sort permutation as int64.
-    NB = cdiv(T, block_m) + num_experts is the static upper bound on the number of tiles.
+    NB = cdiv(T, block_m) + classes is the static upper bound on the number of tiles, with
+    classes = num_experts, or num_experts + 1 when the skip class gets tiles (`with_skip`).
     """
     t = expert_ids.shape[0]
     ids = expert_ids.to(torch.int64)
@@ -305,16 +325,17 @@ def tile_schedule(
     # stall the stream and break CUDA-graph capture.
     counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=ids.device)
     counts.scatter_add_(0, ids, torch.ones_like(ids))
-    counts = counts[:num_experts]
+    classes = num_experts + 1 if with_skip else num_experts
+    counts = counts[:classes]
     ends = torch.cumsum(counts, 0)
     starts = ends - counts
     tiles = (counts + block_m - 1) // block_m
     tile_ends = torch.cumsum(tiles, 0)
-    nb = triton.cdiv(t, block_m) + num_experts
+    nb = triton.cdiv(t, block_m) + classes
     b = torch.arange(nb, device=ids.device)
     e_of_b = torch.searchsorted(tile_ends, b, right=True)
-    valid = e_of_b < num_experts
-    e_c = e_of_b.clamp(max=num_experts - 1)
+    valid = e_of_b < classes
+    e_c = e_of_b.clamp(max=classes - 1)
     first_tile = tile_ends[e_c] - tiles[e_c]
     block_start = starts[e_c] + (b - first_tile) * block_m
     block_end = ends[e_c]
@@ -349,7 +370,7 @@ def moe_top1(
         )
     if x.stride(1) != 1:
         x = x.contiguous()
-    out = torch.zeros_like(x)
+    out = torch.empty_like(x)  # every row is written: skip-class tiles store the zeros
     if t == 0:
         return out
     cfg = moe_config(t, num_experts, x.device)
@@ -358,21 +379,21 @@ def moe_top1(
     stages = cfg.num_stages
     if x.dtype == torch.float32:
         bm, bn, bk, stages = min(bm, 64), min(bn, 64), min(bk, 32), min(stages, 2)
-    order, sorted_w, blk_e, blk_s, blk_end = schedule(expert_ids, expert_weights, num_experts, bm)
+    order, sorted_w, blk_e, blk_s, blk_end = schedule(expert_ids, expert_weights, num_experts, bm, with_skip=True)
     h = torch.empty((t, inter), dtype=x.dtype, device=x.device)
     nb = blk_e.shape[0]
     gate_up_kernel, down_kernel = ((_gate_up_swapped_kernel, _down_swapped_kernel) if cfg.swap_ab
                                    else (_gate_up_kernel, _down_kernel))
     gate_up_kernel[(nb, triton.cdiv(inter, bn))](
         x, gate_up_proj, h, order, blk_e, blk_s, blk_end,
-        hidden, inter,
+        hidden, inter, num_experts,
         x.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2), h.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
         num_warps=cfg.num_warps, num_stages=stages,
     )
     down_kernel[(nb, triton.cdiv(hidden, bn))](
         h, down_proj, out, order, sorted_w, blk_e, blk_s, blk_end,
-        hidden, inter,
+        hidden, inter, num_experts,
         h.stride(0), down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), out.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
         num_warps=cfg.num_warps, num_stages=stages,

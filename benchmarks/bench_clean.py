@@ -31,11 +31,17 @@ Near-dedup scaling (for a many-core machine; runs only the signature + resolve p
 
     python benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale 16
 
-signatures, bucket keys and hash-partitioned bucket resolution run in a process pool of
-each size over the same 64 chunks; prints docs/s, speedup and parallel efficiency
-T1 / (k * Tk) against 1 core, and checks that every size gives the same drop list. Core
-counts above this machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared
-data when ../shared/data is absent.
+signatures and bucket keys (map: one file of bucket rows per hash partition and one of
+signatures per chunk), hash-partitioned bucket resolution into exact links and near
+candidates (reduce), and the candidates' verification (the driver gathers them, a map
+semi-joins their key hashes against each chunk's signatures, the driver keeps the
+similar pairs) run in a process pool of each size over the same 64 chunks, then the
+union-find in the driver. Prints docs/s, speedup and parallel efficiency T1 / (k * Tk)
+against 1 core ("resolve s" is everything after the map, "verify s" the verification
+part of it), and checks that every size gives the same drop list; then the bucket rows'
+bytes per document and what the verification moved (last run). Core counts above this
+machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared data when
+../shared/data is absent.
 """
 
 from __future__ import annotations
@@ -275,15 +281,17 @@ SCALE_CHUNKS = 64  # fixed, so every pool size does exactly the same work
 SCALE_PARTITIONS = 64
 
 
-def _scale_map(args: tuple[int, str]) -> tuple[int, float]:
-    """Chunk -> signatures -> bucket keys, written as one file per hash partition. Returns
-    the chunk's documents and the seconds the task took inside the worker."""
+def _scale_map(args: tuple[int, str]) -> tuple[int, float, int]:
+    """Chunk -> signatures -> bucket keys, written as one file per hash partition, and the
+    chunk's signatures (key + MinHash) as one file, for the semi-join. Returns the chunk's
+    documents, the seconds the task took inside the worker and the bytes of its bucket
+    rows."""
     t0 = time.perf_counter()
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from zaya_data.clean import parse_clean, signatures
-    from zaya_data.clean.dedup import bucket_keys, partition_of
+    from zaya_data.clean.dedup import SIGNATURE_ROWS, bucket_keys, partition_of
 
     chunk, work = args
     spec = parse_clean(CLEAN, "bench")
@@ -297,13 +305,29 @@ def _scale_map(args: tuple[int, str]) -> tuple[int, float]:
         "category": pa.array(["mixed"] * m), "text": texts, "meta": pa.nulls(m, pa.string()),
         "file_index": pa.array([chunk] * m, pa.int32()), "row_index": pa.array(range(m), pa.int64()),
     })
-    keys = bucket_keys(signatures(table, spec), spec)
+    sig = signatures(table, spec)
+    _write_arrow(f"{work}/sigs-{chunk:03d}.arrow", sig.select(SIGNATURE_ROWS))
+    keys = bucket_keys(sig, spec)
     part = partition_of(keys, SCALE_PARTITIONS)
     for p in range(SCALE_PARTITIONS):
-        sub = keys.filter(pc.equal(part, p))
-        with pa.OSFile(f"{work}/keys-{chunk:03d}-{p:03d}.arrow", "wb") as f, pa.ipc.new_file(f, sub.schema) as w:
-            w.write_table(sub)
-    return m, time.perf_counter() - t0
+        _write_arrow(f"{work}/keys-{chunk:03d}-{p:03d}.arrow", keys.filter(pc.equal(part, p)))
+    return m, time.perf_counter() - t0, keys.nbytes
+
+
+def _write_arrow(path: str, table: Any) -> None:
+    import pyarrow as pa
+
+    with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
+
+
+def _ipc_bytes(table: Any) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _calibration_task(_: int) -> float:
@@ -320,7 +344,8 @@ def _calibration_task(_: int) -> float:
 
 
 def _scale_reduce(args: tuple[int, str]) -> bytes:
-    """All bucket rows of one hash partition -> member->anchor links (Arrow IPC bytes)."""
+    """All bucket rows of one hash partition -> exact links and near candidates, member ->
+    anchor (Arrow IPC bytes)."""
     import pyarrow as pa
 
     from zaya_data.clean.dedup import bucket_edges
@@ -328,11 +353,45 @@ def _scale_reduce(args: tuple[int, str]) -> bytes:
     p, work = args
     tables = [pa.ipc.open_file(pa.memory_map(f"{work}/keys-{c:03d}-{p:03d}.arrow")).read_all()
               for c in range(SCALE_CHUNKS)]
-    edges = bucket_edges(pa.concat_tables(tables), CLEAN["near_dedup"].get("threshold", 0.8))
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, edges.schema) as w:
-        w.write_table(edges)
-    return sink.getvalue().to_pybytes()
+    return _ipc_bytes(bucket_edges(pa.concat_tables(tables)))
+
+
+def _scale_semi_join(args: tuple[int, str]) -> bytes:
+    """One chunk's signatures -> the rows of the candidate records (their key hashes are in
+    the driver's wanted.npy), Arrow IPC bytes."""
+    import numpy as np
+    import pyarrow as pa
+
+    from zaya_data.clean.dedup import semi_join
+
+    chunk, work = args
+    wanted = np.load(f"{work}/wanted.npy")
+    sig = pa.ipc.open_file(pa.memory_map(f"{work}/sigs-{chunk:03d}.arrow")).read_all()
+    return _ipc_bytes(semi_join(sig, wanted))
+
+
+def _scale_verify(pool: ProcessPoolExecutor, blobs: list[bytes], work: Path) -> tuple[Any, dict[str, int]]:
+    """The verification phase: gather the candidates on the driver, semi-join them against
+    every chunk's signatures in the pool, keep the similar pairs. Returns the links
+    (EDGE_SCHEMA) and what moved."""
+    import numpy as np
+    import pyarrow as pa
+
+    from zaya_data.clean.dedup import gather_candidates, verify_links
+
+    edges = [pa.ipc.open_stream(b).read_all() for b in blobs]
+    cands = gather_candidates(edges)
+    rows: list[Any] = []
+    if len(cands.member):
+        np.save(work / "wanted.npy", cands.wanted)
+        rows = [pa.ipc.open_stream(b).read_all()
+                for b in pool.map(_scale_semi_join, [(c, str(work)) for c in range(SCALE_CHUNKS)])]
+    links = verify_links(cands, rows, CLEAN["near_dedup"].get("threshold", 0.8))
+    stats = {"candidate links": sum(e.num_rows for e in edges) - cands.exact.num_rows,
+             "distinct pairs": len(cands.member), "candidate records": cands.nodes.num_rows,
+             "signature rows fetched": sum(r.num_rows for r in rows),
+             "near links kept": links.num_rows - cands.exact.num_rows, "exact links": cands.exact.num_rows}
+    return links, stats
 
 
 def _pin_worker(counter: Any) -> None:
@@ -367,13 +426,15 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     if skipped:
         print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
-    print("| cores | wall s | signatures s | resolve s | docs/s | MB/s | speedup | efficiency | map task s (sum) "
-          "| machine efficiency | drops |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| cores | wall s | signatures s | resolve s | verify s | docs/s | MB/s | speedup | efficiency "
+          "| map task s (sum) | machine efficiency | drops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     calib_ref = None
     task_ref = None
     ref = None  # core-seconds of the first run: T1 when the list starts with 1
     first_drops = None
+    moved: dict[str, int] = {}  # what the verification of the last run moved
+    bucket_bytes = 0
     ctx = mp.get_context("fork")  # workers inherit the corpus instead of receiving it
     for k in run:
         work = root / f"scale-{k}"
@@ -383,14 +444,18 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
             done = list(pool.map(_scale_map, [(c, str(work)) for c in range(SCALE_CHUNKS)]))
             t1 = time.perf_counter()
             blobs = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
-            drops = resolve_edges(pa.ipc.open_stream(b).read_all() for b in blobs)
+            v0 = time.perf_counter()
+            links, moved = _scale_verify(pool, blobs, work)
+            verify = time.perf_counter() - v0
+            drops = resolve_edges([links])
             wall = time.perf_counter() - t0
             # the machine's own scaling, measured on the same pool right after
             c0 = time.perf_counter()
             list(pool.map(_calibration_task, range(4 * k)))
             calib = (time.perf_counter() - c0) / 4  # 4 tasks per process: seconds per round of k tasks
-        docs = sum(m for m, _ in done)
-        task_s = sum(t for _, t in done)
+        docs = sum(m for m, _, _ in done)
+        task_s = sum(t for _, t, _ in done)
+        bucket_bytes = sum(b for _, _, b in done)
         calib_ref = calib if calib_ref is None else calib_ref
         task_ref = task_s if task_ref is None else task_ref
         shutil.rmtree(work, ignore_errors=True)
@@ -398,10 +463,14 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
         first_drops = drops if first_drops is None else first_drops
         same = drops.equals(first_drops)
         ref = wall * k if ref is None else ref
-        print(f"| {k} | {wall:.2f} | {t1 - t0:.2f} | {wall - (t1 - t0):.2f} | {n / wall:.0f} | {mb / wall:.2f} | "
-              f"{ref / wall:.2f}x | {ref / (k * wall):.0%} | {task_s:.1f} ({task_s / task_ref:.2f}x) | "
-              f"{calib_ref / calib:.0%} | {drops.num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
+        print(f"| {k} | {wall:.2f} | {t1 - t0:.2f} | {wall - (t1 - t0):.2f} | {verify:.2f} | {n / wall:.0f} | "
+              f"{mb / wall:.2f} | {ref / wall:.2f}x | {ref / (k * wall):.0%} | "
+              f"{task_s:.1f} ({task_s / task_ref:.2f}x) | {calib_ref / calib:.0%} | "
+              f"{drops.num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
         sys.stdout.flush()
+    if run:
+        print(f"# bucket rows {bucket_bytes / n:.0f} bytes per document; verification: "
+              + ", ".join(f"{name} {v}" for name, v in moved.items()))
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from zaya_data.clean.config import parse_clean
+from zaya_data.clean.config import NearDedupSpec, parse_clean
 from zaya_data.clean.dedup import apply_drop_list, resolve_duplicates, signatures
 from zaya_data.ledger import Ledger
 
@@ -172,6 +172,13 @@ def _reference_drops(edges: pa.Table) -> list[tuple]:
     e = edges.to_pydict()
     m = list(zip(*(e[f"m_{c}"] for c in KEY_COLUMNS)))
     a = list(zip(*(e[f"a_{c}"] for c in KEY_COLUMNS)))
+    return union_find_drops(list(zip(e["exact"], m, a)))
+
+
+def union_find_drops(links: list[tuple[bool, tuple, tuple]]) -> list[tuple]:
+    """(exact, member key, anchor key) links -> drop rows as tuples (id, source, file,
+    row, reason, survivor id), in key order: each cluster keeps its smallest key; a
+    dropped record is an exact duplicate if it was the member of an exact link."""
     parent: dict[tuple, tuple] = {}
 
     def find(x: tuple) -> tuple:
@@ -179,14 +186,15 @@ def _reference_drops(edges: pa.Table) -> list[tuple]:
             x = parent[x]
         return x
 
-    for x, y in zip(m, a):
+    for _, x, y in links:
         rx, ry = find(x), find(y)
         if rx != ry:
             lo, hi = sorted((rx, ry))
             parent[hi] = lo
-    exact = {x for x, ex in zip(m, e["exact"]) if ex}
+    exact = {x for ex, x, _ in links if ex}
+    nodes = {k for _, x, y in links for k in (x, y)}
     return [(k[1], k[2], k[3], k[4], "exact_duplicate" if k in exact else "near_duplicate", find(k)[1])
-            for k in sorted(set(m) | set(a)) if find(k) != k]
+            for k in sorted(nodes) if find(k) != k]
 
 
 def test_vectorized_resolution_equals_a_python_union_find() -> None:
@@ -212,3 +220,219 @@ def test_vectorized_resolution_equals_a_python_union_find() -> None:
         parts = [edges.slice(0, len(rows) // 2), edges.slice(len(rows) // 2)]
         got = resolve_edges(parts).to_pylist()
         assert [tuple(r.values()) for r in got] == _reference_drops(edges), trial
+
+
+# ---------------------------------------------------------------------------------------
+# candidate verification (bucket rows without signatures, semi-join) against brute force
+
+RANDOM_NEAR = NearDedupSpec(shingle=5, permutations=20, bands=5, threshold=0.75, seed=1)
+
+
+def random_signature_blocks(seed: int, n: int = 400, blocks: int = 5,
+                            near: NearDedupSpec | None = RANDOM_NEAR) -> list[pa.Table]:
+    """Signature tables (SIGNATURE_SCHEMA) of `n` synthetic records, cut in `blocks`:
+    MinHash values from a small alphabet, records drawn as mutated copies of a few dozen
+    bases (similarities all around the threshold, some exactly on it), planted exact
+    duplicates, band buckets forced to collide between dissimilar records, a band value
+    reused under another band (another bucket), exact hashes equal to a band hash of
+    another record or one off it (same hash partition), keys differing in one column."""
+    import numpy as np
+
+    from zaya_data.clean.dedup import SIGNATURE_SCHEMA, band_hashes
+
+    rng = np.random.default_rng(seed)
+    p = near.permutations if near is not None else RANDOM_NEAR.permutations
+    base = rng.integers(0, 40, size=(max(2, n // 12), p), dtype=np.uint32)
+    sig = base[rng.integers(0, len(base), size=n)]
+    for i in range(n):
+        k = rng.choice([0, 0, 1, 2, 3, 5, 8, 20])
+        sig[i, rng.choice(p, size=k, replace=False)] = rng.integers(0, 40, size=k, dtype=np.uint32)
+    bands = band_hashes(sig, near if near is not None else RANDOM_NEAR)
+    nb = bands.shape[1]
+    exact = rng.integers(0, 2**63, size=n, dtype=np.uint64)
+    for _ in range(n // 10):  # exact duplicates (whatever their MinHash says)
+        i, j = rng.integers(0, n, size=2)
+        exact[i] = exact[j]
+    for _ in range(n // 10):  # band collisions between records drawn at random
+        i, j = rng.integers(0, n, size=2)
+        b = rng.integers(0, nb)
+        bands[i, b] = bands[j, b]
+    for _ in range(n // 20):  # the same value under another band: another bucket
+        i, j = rng.integers(0, n, size=2)
+        bands[i, 0] = bands[j, nb - 1]
+    for _ in range(n // 20):  # exact hash = a band hash (another slot), or one off (same partition)
+        i, j = rng.integers(0, n, size=2)
+        exact[i] = bands[j, 0] + np.uint64(rng.integers(0, 2))
+    ids = ["é", "a", "b", "ß", "z", "日本", "a2", "A", ""] + [f"r{i}" for i in range(n // 8)]
+    keys = {
+        "priority": pa.array(rng.integers(0, 3, size=n), pa.int32()),
+        "id": pa.array([ids[k] for k in rng.integers(0, len(ids), size=n)], pa.string()),
+        "source": pa.array([["s1", "s2", "ü"][k] for k in rng.integers(0, 3, size=n)], pa.string()),
+        "file_index": pa.array(rng.integers(0, 3, size=n), pa.int32()),
+        "row_index": pa.array(rng.permutation(n), pa.int64()),  # keys unique per record
+    }
+    if near is None:
+        empty = np.zeros(n + 1, dtype=np.int32)
+        mh = pa.ListArray.from_arrays(pa.array(empty), pa.array([], pa.uint32()))
+        bh = pa.ListArray.from_arrays(pa.array(empty), pa.array([], pa.uint64()))
+    else:
+        mh = pa.ListArray.from_arrays(pa.array(np.arange(0, n * p + 1, p, dtype=np.int32)), pa.array(sig.ravel()))
+        bh = pa.ListArray.from_arrays(pa.array(np.arange(0, n * nb + 1, nb, dtype=np.int32)), pa.array(bands.ravel()))
+    table = pa.table([*keys.values(), pa.array(exact), mh, bh], schema=SIGNATURE_SCHEMA)
+    cuts = sorted(rng.choice(np.arange(1, n), size=blocks - 1, replace=False).tolist())
+    return [table.slice(lo, hi - lo) for lo, hi in zip([0, *cuts], [*cuts, n])]
+
+
+def brute_force_drops(blocks: list[pa.Table], exact_dedup: bool, near: NearDedupSpec | None) -> list[tuple]:
+    """The definition, record by record: for each (slot, bucket) group the anchor is the
+    smallest key; an exact-slot member is always linked to it, a band member iff the mean
+    of (its MinHash == the anchor's) reaches the threshold; then a Python union-find."""
+    import numpy as np
+
+    from zaya_data.clean.dedup import KEY_COLUMNS
+
+    rows = pa.concat_tables(blocks).to_pylist()
+    key = [tuple(r[c] for c in KEY_COLUMNS) for r in rows]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, r in enumerate(rows):
+        if exact_dedup:
+            groups.setdefault((0, r["exact"]), []).append(i)
+        if near is not None:
+            for b, h in enumerate(r["bands"]):
+                groups.setdefault((1 + b, h), []).append(i)
+    links = []
+    for (slot, _), members in groups.items():
+        anchor = min(members, key=lambda i: key[i])
+        for m in members:
+            if m == anchor:
+                continue
+            same = np.array(rows[m]["minhash"]) == np.array(rows[anchor]["minhash"])
+            if slot == 0 or np.mean(same) >= near.threshold:
+                links.append((slot == 0, key[m], key[anchor]))
+    return union_find_drops(links)
+
+
+@pytest.mark.parametrize("exact_dedup,near", [(True, RANDOM_NEAR), (False, RANDOM_NEAR), (True, None)])
+def test_candidate_verification_equals_brute_force_on_planted_collisions(exact_dedup, near) -> None:
+    from zaya_data.clean.config import CleanSpec
+    from zaya_data.clean.dedup import DROPS_SCHEMA
+
+    spec = CleanSpec(exact_dedup=exact_dedup, near_dedup=near)
+    for seed in range(6):
+        blocks = random_signature_blocks(seed, near=near)
+        want = brute_force_drops(blocks, exact_dedup, near)
+        assert len(want) > 20, seed  # the planted duplicates are found at all
+        for partitions, order in ((1, blocks), (4, blocks[::-1]), (13, blocks[1:] + blocks[:1])):
+            got = resolve_duplicates(order, spec, partitions=partitions)
+            assert got.schema.equals(DROPS_SCHEMA)
+            assert [tuple(r.values()) for r in got.to_pylist()] == want, (seed, partitions)
+
+
+def test_boundary_similarity_is_kept_and_one_below_is_not() -> None:
+    """threshold 0.75 of 20 values: 15 equal values is a link, 14 is not."""
+    import numpy as np
+
+    from zaya_data.clean.config import CleanSpec
+    from zaya_data.clean.dedup import SIGNATURE_SCHEMA
+
+    a = np.arange(20, dtype=np.uint32)
+    b15, b14 = a.copy(), a.copy()
+    b15[:5] += 100
+    b14[:6] += 100
+    b15[15:] = b14[15:] = a[15:]  # the last band equal in both: one shared bucket each
+    sig = np.stack([a, b15, b14])
+    bands = np.full((3, 5), 7, dtype=np.uint64)  # every band bucket shared by all three
+    n = 3
+    t = pa.table([
+        pa.array([0] * n, pa.int32()), pa.array(["a", "b", "c"]), pa.array(["s"] * n),
+        pa.array([0] * n, pa.int32()), pa.array(range(n), pa.int64()), pa.array([1, 2, 3], pa.uint64()),
+        pa.ListArray.from_arrays(pa.array([0, 20, 40, 60], pa.int32()), pa.array(sig.ravel())),
+        pa.ListArray.from_arrays(pa.array([0, 5, 10, 15], pa.int32()), pa.array(bands.ravel())),
+    ], schema=SIGNATURE_SCHEMA)
+    spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
+    drops = resolve_duplicates([t], spec).to_pylist()
+    assert [(d["id"], d["reason"], d["survivor_id"]) for d in drops] == [("b", "near_duplicate", "a")]
+
+
+def test_bucket_rows_carry_no_minhash() -> None:
+    from zaya_data.clean.dedup import BUCKET_SCHEMA, KEY_COLUMNS, bucket_keys
+    from zaya_data.clean.dedup_ray import keyed_bucket_rows
+
+    blocks = random_signature_blocks(0, n=50, blocks=2)
+    for spec in (SPEC, parse_clean({"exact_dedup": True}, "t"), parse_clean({"near_dedup": True}, "t")):
+        keys = bucket_keys(signatures(doc_table(["a b c d e f g", "x y z"], "s"), spec), spec)
+        assert keys.schema.equals(BUCKET_SCHEMA)
+        assert keys.column_names == ["slot", "bucket", *KEY_COLUMNS]
+    from zaya_data.clean.config import CleanSpec
+
+    spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
+    keys = bucket_keys(blocks[0], spec)
+    assert "minhash" not in keys.column_names and keys.num_rows == blocks[0].num_rows * (1 + RANDOM_NEAR.bands)
+    # what the Ray shuffle carries: the same rows plus their partition
+    assert keyed_bucket_rows(blocks[0], spec, 4).column_names == ["slot", "bucket", *KEY_COLUMNS, "partition"]
+
+
+def test_semi_join_with_forced_hash_collisions_returns_exactly_the_needed_signatures(monkeypatch) -> None:
+    """Key hashes that collide (here: only `row_index % 3` counts) make the semi-join
+    return rows of records no candidate needs; the exact key match drops them, and the
+    drop list is the same as with the real hash."""
+    import numpy as np
+
+    from zaya_data.clean import dedup
+    from zaya_data.clean.config import CleanSpec
+
+    spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
+    blocks = random_signature_blocks(4)
+    want = resolve_duplicates(blocks, spec)
+    allk = pa.concat_tables([dedup.bucket_keys(b, spec) for b in blocks])
+    cands = dedup.gather_candidates([dedup.bucket_edges(allk)])
+    real = [dedup.semi_join(b, cands.wanted) for b in blocks]
+    assert sum(r.num_rows for r in real) == cands.nodes.num_rows  # no collision among these keys
+
+    def colliding(table: pa.Table) -> np.ndarray:
+        return (table.column("row_index").to_numpy() % 3).astype(np.uint64)
+
+    monkeypatch.setattr(dedup, "key_hashes", colliding)
+    forced = dedup.gather_candidates([dedup.bucket_edges(allk)])
+    assert len(forced.wanted) <= 3
+    rows = pa.concat_tables([dedup.semi_join(b, forced.wanted) for b in blocks])
+    assert rows.num_rows > forced.nodes.num_rows  # extra rows: the colliding keys
+    mh = dedup.node_minhash(forced.nodes, rows)
+    # exactly the candidates' own signatures, in node order
+    whole = pa.concat_tables(blocks)
+    by_key = {tuple(r[c] for c in dedup.KEY_COLUMNS): r["minhash"] for r in whole.to_pylist()}
+    expect = [by_key[tuple(r[c] for c in dedup.KEY_COLUMNS)] for r in forced.nodes.to_pylist()]
+    assert mh.tolist() == expect
+    assert resolve_duplicates(blocks, spec).equals(want)
+    assert resolve_duplicates(blocks, spec, partitions=5).equals(want)
+
+
+def test_semi_join_takes_one_copy_of_a_repeated_block_and_reports_missing_signatures() -> None:
+    import numpy as np
+
+    from zaya_data.clean import dedup
+    from zaya_data.clean.config import CleanSpec
+
+    spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
+    blocks = random_signature_blocks(5)
+    allk = pa.concat_tables([dedup.bucket_keys(b, spec) for b in blocks])
+    cands = dedup.gather_candidates([dedup.bucket_edges(allk)])
+    rows = [dedup.semi_join(b, cands.wanted) for b in blocks]
+    once = dedup.verify_links(cands, rows, RANDOM_NEAR.threshold)
+    assert dedup.verify_links(cands, rows + rows[:2], RANDOM_NEAR.threshold).equals(once)
+    with pytest.raises(ValueError, match="no signature found"):
+        dedup.verify_links(cands, rows[1:], RANDOM_NEAR.threshold)
+    assert dedup.semi_join(blocks[0], np.empty(0, np.uint64)).num_rows == 0
+
+
+def test_key_hashes_do_not_depend_on_physical_types_or_chunks() -> None:
+    from zaya_data.clean import dedup
+
+    t = pa.concat_tables(random_signature_blocks(2, n=60, blocks=3)).select(dedup.KEY_COLUMNS)
+    h = dedup.key_hashes(t)
+    wide = t.cast(pa.schema([pa.field("priority", pa.int64()), pa.field("id", pa.large_string()),
+                             pa.field("source", pa.large_string()), pa.field("file_index", pa.int64()),
+                             pa.field("row_index", pa.int64())]))
+    assert (dedup.key_hashes(wide) == h).all()
+    assert (dedup.key_hashes(t.combine_chunks().slice(7)) == h[7:]).all()
+    assert len(set(h.tolist())) == t.num_rows  # distinct keys, distinct hashes (here)

@@ -1,5 +1,5 @@
 """Duplicate resolution on Ray Data gives the in-process drop list, for 1 and 2 workers
-and any block order."""
+and any block order, and the brute-force one on planted collisions."""
 
 from __future__ import annotations
 
@@ -66,3 +66,20 @@ def test_ray_groupby_resolution_equals_in_process(ray_local) -> None:
     # reverse order: one Ray run only, as each costs seconds of scheduling on 2 cores
     got = resolve_duplicates_ray(ray.data.from_arrow(blocks[::-1]), SPEC, partitions=2)
     assert got.equals(expected)
+
+
+def test_ray_candidate_verification_equals_brute_force(ray_local) -> None:
+    """Planted exact/near duplicates and hash collisions (test_clean_dedup's synthetic
+    signatures): the Ray path (light bucket rows shuffled, candidates semi-joined against
+    the signature blocks where they are) gives the brute-force drop list."""
+    import ray.data
+
+    from test_clean_dedup import RANDOM_NEAR, brute_force_drops, random_signature_blocks
+    from zaya_data.clean.config import CleanSpec
+    from zaya_data.clean.dedup_ray import resolve_duplicates_ray
+
+    blocks = random_signature_blocks(3, n=600, blocks=6)
+    spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
+    got = resolve_duplicates_ray(ray.data.from_arrow(blocks), spec, partitions=3)
+    assert [tuple(r.values()) for r in got.to_pylist()] == brute_force_drops(blocks, True, RANDOM_NEAR)
+    assert got.equals(resolve_duplicates(blocks, spec))

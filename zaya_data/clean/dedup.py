@@ -1,6 +1,6 @@
 """Exact and near (MinHash LSH) deduplication across all sources of a build.
 
-Three steps, so that the expensive part is a map over batches and only the duplicates
+Four steps, so that the expensive part is a map over batches and only the duplicates
 ever meet in one place:
 
 1. `signatures(table, spec, priority)`: per batch (a map step, numpy-vectorized), one row
@@ -9,10 +9,19 @@ ever meet in one place:
    the LSH band hashes of that signature.
 2. `bucket_keys` + `bucket_edges`: records sharing an exact hash or a band hash fall in
    one bucket; every member of a bucket is linked to the bucket's *anchor*, its smallest
-   key (near-duplicate links only where the estimated Jaccard similarity to the anchor
-   reaches `threshold`). Buckets are independent, so this runs per hash partition:
-   in-process (`resolve_duplicates`) or as a Ray Data groupby (`dedup_ray`).
-3. `resolve_edges`: union-find over the (few) links; each connected cluster keeps its
+   key. Buckets are independent, so this runs per hash partition: in-process
+   (`resolve_duplicates`) or as a Ray Data groupby (`dedup_ray`). A bucket row is only
+   (slot, bucket, key), about 50 bytes: each record has 1 + bands of them, and they are
+   what is written, shuffled and read back, so they carry no signature. Exact links
+   are final; band links are *candidates*.
+3. `gather_candidates` + `semi_join` + `verify_links`: the driver deduplicates the
+   candidate pairs and asks every signature block, by a 64-bit hash of the key, for the
+   rows of the records in them (a semi-join: a map where the blocks are; hash
+   collisions only return extra rows, discarded by an exact key match); a near link is
+   kept where the estimated Jaccard similarity of member and anchor (fraction of equal
+   MinHash values) reaches `threshold`. Only candidate records' signatures travel, once
+   each, instead of every record's signature in each of its bucket rows.
+4. `resolve_edges`: union-find over the (few) links; each connected cluster keeps its
    smallest key, the **survivor**: the lowest source `priority` (the lead passes the
    source's position in the mixture file), then the smallest id, file and row. Every
    other member is dropped as `exact_duplicate` (its normalized text equals a
@@ -27,7 +36,8 @@ writes one ledger entry per record (stage `dedup`, counted per source).
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -223,21 +233,27 @@ def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------
-# buckets -> links
+# buckets -> candidate links
+
+KEY_SCHEMA = pa.schema([SIGNATURE_SCHEMA.field(c) for c in KEY_COLUMNS])
+BUCKET_SCHEMA = pa.schema([pa.field("slot", pa.int16()), pa.field("bucket", pa.uint64()), *KEY_SCHEMA])
 
 
 def bucket_keys(sigs: pa.Table, spec: CleanSpec) -> pa.Table:
-    """One row per (record, bucket it falls in): `slot` 0 is the exact-hash bucket (when
-    exact dedup is on), `slot` 1+b is LSH band b. Carries the record key and its MinHash
-    so a bucket can be resolved without looking anything up."""
+    """One row per (record, bucket it falls in), BUCKET_SCHEMA: `slot` 0 is the exact-hash
+    bucket (when exact dedup is on), `slot` 1+b is LSH band b, then the record key.
+
+    No MinHash: these rows are what gets written, shuffled and read back (1 + bands per
+    record), and the signature is needed only for records that share a band bucket with
+    another one; `verify_links` fetches those, once per record. (Carrying the
+    112-value signature in each of 15 rows made the bucket rows ~7.5 KB per document,
+    their memory traffic the scaling bottleneck of the map tasks on 16 cores.)"""
     parts = []
     n = sigs.num_rows
     key_cols = {c: sigs.column(c) for c in KEY_COLUMNS}
     if spec.exact_dedup:
-        parts.append(
-            pa.table({"slot": pa.array(np.zeros(n, dtype=np.int16)), "bucket": sigs.column("exact"), **key_cols,
-                      "minhash": sigs.column("minhash")})
-        )
+        slot = pa.array(np.zeros(n, dtype=np.int16))
+        parts.append(pa.table({"slot": slot, "bucket": sigs.column("exact"), **key_cols}))
     if spec.near_dedup is not None and n:
         nb = spec.near_dedup.bands
         bands = sigs.column("bands").combine_chunks()
@@ -251,12 +267,11 @@ def bucket_keys(sigs: pa.Table, spec: CleanSpec) -> pa.Table:
                     "slot": pa.array(np.tile(np.arange(1, nb + 1, dtype=np.int16), n)),
                     "bucket": bands.flatten(),
                     **{c: col.take(take) for c, col in key_cols.items()},
-                    "minhash": sigs.column("minhash").take(take),
                 }
             )
         )
     if not parts:
-        return pa.table({"slot": pa.array([], pa.int16()), "bucket": pa.array([], pa.uint64())})
+        return BUCKET_SCHEMA.empty_table()
     return pa.concat_tables(parts)
 
 
@@ -271,10 +286,12 @@ EDGE_SCHEMA = pa.schema(
 _SORT = [("slot", "ascending"), ("bucket", "ascending")] + [(c, "ascending") for c in KEY_COLUMNS]
 
 
-def bucket_edges(keys: pa.Table, threshold: float) -> pa.Table:
-    """Links (member -> anchor) within every bucket of `keys` (a whole number of buckets:
-    every row of a bucket must be present). Anchor = smallest key in the bucket; a near
-    (band) link needs estimated Jaccard(member, anchor) >= threshold."""
+def bucket_edges(keys: pa.Table) -> pa.Table:
+    """Links (member -> anchor) within every bucket of `keys` (bucket rows, a whole number
+    of buckets: every row of a bucket must be present), EDGE_SCHEMA. Anchor = smallest key
+    in the bucket. `exact` rows (slot 0) are links; the others are near *candidates*, to be
+    kept by `verify_links` only where the estimated Jaccard similarity of member and anchor
+    reaches the threshold (the bucket rows carry no signature to check it here)."""
     if keys.num_rows == 0:
         return EDGE_SCHEMA.empty_table()
     keys = keys.sort_by(_SORT)
@@ -287,31 +304,196 @@ def bucket_edges(keys: pa.Table, threshold: float) -> pa.Table:
     member = np.flatnonzero(~first)
     if len(member) == 0:
         return EDGE_SCHEMA.empty_table()
-    anc = anchor[member]
-    is_exact = slot[member] == 0
-    keep = is_exact.copy()
-    near = np.flatnonzero(~is_exact)
-    if len(near):
-        mh = keys.column("minhash").combine_chunks()
-        p = int(pc.list_value_length(mh)[0].as_py()) if len(mh) else 0
-        flat = mh.flatten().to_numpy().reshape(-1, p)
-        sim = (flat[member[near]] == flat[anc[near]]).mean(axis=1)
-        keep[near] = sim >= threshold
-    member, anc, is_exact = member[keep], anc[keep], is_exact[keep]
-    cols = {"exact": pa.array(is_exact)}
-    m_idx, a_idx = pa.array(member), pa.array(anc)
+    return _links(keys, member, anchor[member], slot[member] == 0)
+
+
+def _links(keys: pa.Table, member: np.ndarray, anchor: np.ndarray, exact: np.ndarray) -> pa.Table:
+    """EDGE_SCHEMA rows: the keys at rows `member` -> the keys at rows `anchor` of `keys`."""
+    cols = {"exact": pa.array(exact, pa.bool_())}
+    m_idx, a_idx = pa.array(member), pa.array(anchor)
     for c in KEY_COLUMNS:
-        col = keys.column(c)
-        cols[f"m_{c}"] = col.take(m_idx)
+        cols[f"m_{c}"] = keys.column(c).take(m_idx)
     for c in KEY_COLUMNS:
         cols[f"a_{c}"] = keys.column(c).take(a_idx)
     return pa.table(cols, schema=EDGE_SCHEMA)
 
 
+# ---------------------------------------------------------------------------------------
+# candidate verification: a semi-join of the candidates' records against the signatures
+#
+# The candidates come back to one process (the driver): one per record and band bucket
+# it shares with another record. The signatures stay where they are (signature blocks of
+# a Ray dataset, a process pool's files); the driver sends out the 64-bit hashes of the
+# keys it needs and each block returns only its rows with such a hash, so what crosses
+# the network is one signature per candidate record (plus hash collisions, which an
+# exact key match on the driver discards).
+
+SIGNATURE_ROWS = [*KEY_COLUMNS, "minhash"]  # the columns a semi-join returns
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The links of all buckets, on the driver, prepared for verification."""
+
+    exact: pa.Table  # exact links, EDGE_SCHEMA (kept as they are)
+    nodes: pa.Table  # KEY_COLUMNS of every record of a near candidate pair, once, in key order
+    member: np.ndarray  # int64, per distinct candidate pair: its member's row of `nodes`
+    anchor: np.ndarray  # and its anchor's
+    wanted: np.ndarray  # sorted distinct `key_hashes(nodes)`: what the semi-join asks for
+
+
+def gather_candidates(edges: Iterable[pa.Table]) -> Candidates:
+    """Split the links of `bucket_edges` (any number of tables, e.g. one per partition)
+    into exact links and near candidate pairs, the pairs deduplicated: a pair sharing
+    several bands is a candidate in each of those buckets, and its similarity is one."""
+    tables = [t for t in edges if t.num_rows]
+    e = pa.concat_tables(tables).combine_chunks() if tables else EDGE_SCHEMA.empty_table()
+    is_exact = e.column("exact").to_numpy(zero_copy_only=False).astype(bool)
+    near = e.filter(pa.array(~is_exact))
+    exact = e.filter(pa.array(is_exact))
+    k = near.num_rows
+    if k == 0:
+        none = np.empty(0, dtype=np.int64)
+        return Candidates(exact, KEY_SCHEMA.empty_table(), none, none, np.empty(0, dtype=np.uint64))
+    both = pa.concat_tables([
+        near.select([f"{side}_{c}" for c in KEY_COLUMNS]).rename_columns(KEY_COLUMNS) for side in ("m", "a")
+    ]).combine_chunks()
+    node, nodes = _rank(both)
+    pair = np.unique(node[:k] * nodes.num_rows + node[k:])
+    member, anchor = np.divmod(pair, nodes.num_rows)
+    return Candidates(exact, nodes, member, anchor, np.unique(key_hashes(nodes)))
+
+
+def key_hashes(table: pa.Table) -> np.ndarray:
+    """uint64 hash of each row's key (KEY_COLUMNS), the same for equal keys whatever the
+    column's physical type (string or large_string, any integer width), in any process.
+    Not collision-free: a collision makes a semi-join return a row more, never less."""
+    h = np.zeros(table.num_rows, dtype=np.uint64)
+    for c in KEY_COLUMNS:
+        col = table.column(c)
+        if pa.types.is_integer(col.type):
+            x = pc.fill_null(col, 0).to_numpy().astype(np.int64).view(np.uint64)
+        else:
+            x = _string_hashes(col)
+        with np.errstate(over="ignore"):
+            h = _mix(h * _ROLL + x)
+    return h
+
+
+def _string_hashes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """uint64 hash per string, vectorized: the wrapping sum over its bytes of
+    splitmix64(byte | position << 8), mixed with the length (no Python loop per row)."""
+    arr = pc.fill_null(col, "")
+    arr = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(pa.large_binary())
+    n = len(arr)
+    if n == 0:
+        return np.empty(0, dtype=np.uint64)
+    _, obuf, dbuf = arr.buffers()
+    off = np.frombuffer(obuf, dtype=np.int64, count=n + 1, offset=arr.offset * 8)
+    lo, hi = int(off[0]), int(off[-1])
+    lens = np.diff(off)
+    data = np.frombuffer(dbuf, dtype=np.uint8, count=hi - lo, offset=lo) if hi > lo else np.empty(0, np.uint8)
+    pos = np.arange(hi - lo, dtype=np.int64) - np.repeat(off[:-1] - lo, lens)
+    v = _mix((pos.astype(np.uint64) << np.uint64(8)) | data.astype(np.uint64))
+    csum = np.zeros(hi - lo + 1, dtype=np.uint64)
+    np.cumsum(v, out=csum[1:])  # wraps mod 2^64, and so does the difference below
+    with np.errstate(over="ignore"):
+        return _mix(csum[off[1:] - lo] - csum[off[:-1] - lo] + lens.astype(np.uint64) * _ROLL)
+
+
+def semi_join(sigs: pa.Table, wanted: np.ndarray) -> pa.Table:
+    """The rows of a signature block (SIGNATURE_ROWS columns) whose key hash is in
+    `wanted` (sorted distinct uint64, `Candidates.wanted`). A map step: it runs where the
+    block is."""
+    rows = sigs.select(SIGNATURE_ROWS)
+    if rows.num_rows == 0 or len(wanted) == 0:
+        return rows.slice(0, 0)
+    h = key_hashes(rows)
+    i = np.minimum(np.searchsorted(wanted, h), len(wanted) - 1)
+    return rows.filter(pa.array(wanted[i] == h))
+
+
+def node_minhash(nodes: pa.Table, rows: pa.Table) -> np.ndarray:
+    """(nodes, permutations) uint32: the MinHash of each key of `nodes` (distinct keys),
+    from the semi-join's `rows`, matched on the full key (rows with a colliding hash but
+    another key find no node and are ignored; if a key appears in several rows, its first
+    row counts: keys are unique per record, so those are copies of one record)."""
+    n = nodes.num_rows
+    keys = nodes.select(KEY_COLUMNS)
+    both = pa.concat_tables([keys, rows.select(KEY_COLUMNS).cast(keys.schema)]).combine_chunks()
+    group, unique = _rank(both)
+    row_of_group = np.full(unique.num_rows, rows.num_rows, dtype=np.int64)
+    np.minimum.at(row_of_group, group[n:], np.arange(rows.num_rows, dtype=np.int64))
+    row = row_of_group[group[:n]]
+    if (row == rows.num_rows).any():
+        raise ValueError(f"no signature found for {int((row == rows.num_rows).sum())} of {n} candidate records")
+    mh = rows.column("minhash").combine_chunks()
+    lens = pc.list_value_length(mh).to_numpy(zero_copy_only=False)
+    if len(lens) and lens.min() != lens.max():
+        raise ValueError(f"signature rows have MinHash lists of lengths {sorted(set(lens.tolist()))}")
+    p = int(lens[0]) if len(lens) else 0
+    return mh.flatten().to_numpy().reshape(rows.num_rows, p)[row]
+
+
+def verify_links(cands: Candidates, rows: Iterable[pa.Table], threshold: float) -> pa.Table:
+    """Exact links + the near candidates whose estimated Jaccard similarity (fraction of
+    equal MinHash values) reaches `threshold`, EDGE_SCHEMA; `rows`: the semi-join's
+    results over all signature blocks."""
+    if len(cands.member) == 0:
+        return cands.exact
+    got = [t for t in rows if t.num_rows]
+    if not got:
+        raise ValueError(f"no signature found for any of {cands.nodes.num_rows} candidate records")
+    mh = node_minhash(cands.nodes, pa.concat_tables(got))
+    keep = similar(mh, cands.member, cands.anchor, threshold)
+    near = _links(cands.nodes, cands.member[keep], cands.anchor[keep], np.zeros(int(keep.sum()), dtype=bool))
+    return pa.concat_tables([cands.exact, near])
+
+
+_PAIR_BLOCK = 1 << 16  # pairs compared at once: bounded temporaries (2 x 65536 x 112 x 4 bytes)
+
+
+def similar(mh: np.ndarray, member: np.ndarray, anchor: np.ndarray, threshold: float) -> np.ndarray:
+    """Per pair: estimated Jaccard(mh[member], mh[anchor]) >= threshold, the estimate being
+    the mean of the equal-values mask (float64, as the resolution always computed it)."""
+    keep = np.empty(len(member), dtype=bool)
+    for lo in range(0, len(member), _PAIR_BLOCK):
+        m, a = member[lo : lo + _PAIR_BLOCK], anchor[lo : lo + _PAIR_BLOCK]
+        keep[lo : lo + _PAIR_BLOCK] = (mh[m] == mh[a]).mean(axis=1) >= threshold
+    return keep
+
+
+def resolve_candidates(edges: Iterable[pa.Table], fetch: Callable[[np.ndarray], Iterable[pa.Table]],
+                       threshold: float) -> pa.Table:
+    """Candidate links -> drop list: gather the candidates, `fetch(wanted)` the signature
+    rows of their records (`semi_join` over every signature block, wherever the blocks
+    are), verify, union-find. `fetch` is not called when there is no near candidate."""
+    cands = gather_candidates(edges)
+    rows = fetch(cands.wanted) if len(cands.member) else []
+    return resolve_edges([verify_links(cands, rows, threshold)])
+
+
+def _rank(keys: pa.Table) -> tuple[np.ndarray, pa.Table]:
+    """Each row's rank among the distinct keys of `keys` (KEY_COLUMNS), and those distinct
+    keys in key order (the first row of each, by a stable sort)."""
+    m = keys.num_rows
+    order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in KEY_COLUMNS]).to_numpy()
+    ordered = keys.take(pa.array(order))
+    new_key = np.zeros(m, dtype=bool)
+    new_key[0] = True
+    for c in KEY_COLUMNS:
+        col = ordered.column(c).combine_chunks()
+        new_key[1:] |= pc.not_equal(col.slice(1), col.slice(0, m - 1)).to_numpy(zero_copy_only=False)
+    node = np.empty(m, dtype=np.int64)
+    node[order] = np.cumsum(new_key) - 1
+    return node, ordered.filter(pa.array(new_key))
+
+
 def resolve_edges(edges: Iterable[pa.Table]) -> pa.Table:
     """Union-find over links; returns the drop list (DROPS_SCHEMA), sorted by key. Each
     cluster keeps its smallest key (KEY_COLUMNS order); the others are dropped, "exact"
-    when they were the member of an exact link, else "near".
+    when they were the member of an exact link, else "near". Depends only on the set of
+    links (not their order or repeats).
 
     Vectorized, because it is the one step of a build's dedup that runs in one process:
     keys become their ranks in key order (one Arrow sort), and clusters are found by
@@ -326,17 +508,8 @@ def resolve_edges(edges: Iterable[pa.Table]) -> pa.Table:
     both = pa.concat_tables([
         e.select([f"{side}_{c}" for c in KEY_COLUMNS]).rename_columns(KEY_COLUMNS) for side in ("m", "a")
     ]).combine_chunks()
-    order = pc.sort_indices(both, sort_keys=[(c, "ascending") for c in KEY_COLUMNS]).to_numpy()
-    ordered = both.take(pa.array(order))
-    new_key = np.zeros(2 * n, dtype=bool)
-    new_key[0] = True
-    for c in KEY_COLUMNS:
-        col = ordered.column(c).combine_chunks()
-        new_key[1:] |= pc.not_equal(col.slice(1), col.slice(0, 2 * n - 1)).to_numpy(zero_copy_only=False)
-    node = np.empty(2 * n, dtype=np.int64)
-    node[order] = np.cumsum(new_key) - 1
+    node, unique = _rank(both)
     u, v = node[:n], node[n:]
-    unique = ordered.filter(pa.array(new_key))
     label = _min_labels(unique.num_rows, u, v)
     exact = np.zeros(unique.num_rows, dtype=bool)
     exact[u[e.column("exact").to_numpy(zero_copy_only=False)]] = True
@@ -381,17 +554,19 @@ def threshold_of(spec: CleanSpec) -> float:
 def resolve_duplicates(signature_tables: Iterable[pa.Table], spec: CleanSpec, partitions: int = 1) -> pa.Table:
     """In-process resolution of all signatures of a build -> drop list (DROPS_SCHEMA).
     `partitions` > 1 resolves hash partitions of the buckets one at a time (bounded
-    memory for the bucket sort); the result is the same for any value."""
-    keys = [bucket_keys(t, spec) for t in signature_tables]
-    keys = [k for k in keys if k.num_rows]
+    memory for the bucket sort); the result is the same for any value. The signature
+    tables are held (read twice: bucket rows, then the semi-join of the candidates)."""
+    sigs = [t for t in signature_tables if t.num_rows]
+    keys = [k for k in (bucket_keys(t, spec) for t in sigs) if k.num_rows]
     if not keys:
         return DROPS_SCHEMA.empty_table()
     allk = pa.concat_tables(keys)
-    thr = threshold_of(spec)
     if partitions <= 1:
-        return resolve_edges([bucket_edges(allk, thr)])
-    part = partition_of(allk, partitions)
-    return resolve_edges(bucket_edges(allk.filter(pc.equal(part, p)), thr) for p in range(partitions))
+        edges: Iterable[pa.Table] = [bucket_edges(allk)]
+    else:
+        part = partition_of(allk, partitions)
+        edges = (bucket_edges(allk.filter(pc.equal(part, p))) for p in range(partitions))
+    return resolve_candidates(edges, lambda wanted: [semi_join(t, wanted) for t in sigs], threshold_of(spec))
 
 
 def partition_of(keys: pa.Table, partitions: int) -> pa.Array:

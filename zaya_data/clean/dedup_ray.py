@@ -1,23 +1,42 @@
-"""Duplicate resolution on Ray Data: the bucket step of `dedup.resolve_duplicates`
-spread over the cluster, with identical output.
+"""Duplicate resolution on Ray Data: the bucket and verification steps of
+`dedup.resolve_duplicates` spread over the cluster, with identical output.
 
 Signatures stay distributed: each signature batch is exploded into bucket rows
-(`bucket_keys`, a map), the rows are grouped by a hash partition of their bucket key
-(`groupby("partition").map_groups`, a shuffle: every row of one bucket meets in one
-task), each partition's buckets become member -> anchor links (`bucket_edges`), and
-only the links, one per duplicate and bucket, come back to the driver for union-find.
-Grouping on a partition of the band key rather than on each (slot, bucket) pair keeps
-the per-group Python overhead out of the millions of singleton buckets.
+(`bucket_keys`, a map: slot, bucket and key, no signature), the rows are grouped by a hash
+partition of their bucket key (`groupby("partition").map_groups`, a shuffle: every row of
+one bucket meets in one task), and each partition's buckets become member -> anchor links
+(`bucket_edges`: exact links and near candidates), which come back to the driver, one per
+duplicate candidate and bucket. Grouping on a partition of the band key rather than on
+each (slot, bucket) pair keeps the per-group Python overhead out of the millions of
+singleton buckets.
+
+The near candidates are then verified without moving every signature: the driver sends
+the 64-bit key hashes of the candidate records to a map over the signature blocks
+(`semi_join`), which returns only those records' signatures; the driver matches them on
+the full key, keeps the pairs similar enough (`verify_links`) and runs the union-find.
+The shuffle thus carries ~50-byte bucket rows instead of rows that each repeated the
+record's whole MinHash signature (15 copies of ~450 bytes per record with 14 bands).
+The signature dataset is read twice (bucket rows, semi-join), so it is materialized once:
+smaller than the shuffle it feeds, and the second read cannot see other rows than the
+first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from zaya_data.clean.config import CleanSpec
-from zaya_data.clean.dedup import bucket_edges, bucket_keys, partition_of, resolve_edges, threshold_of
+from zaya_data.clean.dedup import (
+    bucket_edges,
+    bucket_keys,
+    partition_of,
+    resolve_candidates,
+    semi_join,
+    threshold_of,
+)
 
 
 def resolve_duplicates_ray(signatures: Any, spec: CleanSpec, partitions: int | None = None) -> pa.Table:
@@ -28,26 +47,33 @@ def resolve_duplicates_ray(signatures: Any, spec: CleanSpec, partitions: int | N
 
     if partitions is None:
         partitions = max(1, 4 * int(ray.cluster_resources().get("CPU", 1)))
-    thr = threshold_of(spec)
-
-    def explode(batch: pa.Table) -> pa.Table:
-        keys = bucket_keys(batch, spec)
-        if keys.num_rows == 0:
-            return _empty_keys()
-        return keys.append_column("partition", partition_of(keys, partitions))
-
-    def links(group: pa.Table) -> pa.Table:
-        return bucket_edges(group.drop_columns(["partition"]), thr)
-
-    keyed = signatures.map_batches(explode, batch_format="pyarrow", zero_copy_batch=True)
-    edges = keyed.groupby("partition", num_partitions=partitions).map_groups(links, batch_format="pyarrow")
-    return resolve_edges(ray.get(ref) for ref in edges.to_arrow_refs())
+    sigs = signatures.materialize()
+    keyed = sigs.map_batches(keyed_bucket_rows, fn_kwargs={"spec": spec, "partitions": partitions},
+                             batch_format="pyarrow", zero_copy_batch=True)
+    edges = keyed.groupby("partition", num_partitions=partitions).map_groups(partition_links, batch_format="pyarrow")
+    edge_tables = [ray.get(ref) for ref in edges.to_arrow_refs()]
+    return resolve_candidates(edge_tables, lambda wanted: _semi_join_blocks(sigs, wanted), threshold_of(spec))
 
 
-def _empty_keys() -> pa.Table:
-    from zaya_data.clean.dedup import KEY_COLUMNS, SIGNATURE_SCHEMA
+def keyed_bucket_rows(batch: pa.Table, spec: CleanSpec, partitions: int) -> pa.Table:
+    """A signature batch -> its bucket rows (BUCKET_SCHEMA) + the hash partition of each:
+    what the shuffle carries."""
+    keys = bucket_keys(batch, spec)
+    return keys.append_column("partition", partition_of(keys, partitions))
 
-    fields = [pa.field("slot", pa.int16()), pa.field("bucket", pa.uint64())]
-    fields += [SIGNATURE_SCHEMA.field(c) for c in KEY_COLUMNS]
-    fields += [SIGNATURE_SCHEMA.field("minhash"), pa.field("partition", pa.int64())]
-    return pa.schema(fields).empty_table()
+
+def partition_links(group: pa.Table) -> pa.Table:
+    """All bucket rows of one partition -> exact links and near candidates (EDGE_SCHEMA)."""
+    return bucket_edges(group.drop_columns(["partition"]))
+
+
+def _semi_join_blocks(sigs: Any, wanted: np.ndarray) -> list[pa.Table]:
+    """`semi_join` on every block of the (materialized) signature dataset, where the block
+    is; only the matching rows come back. `wanted` travels once, with the map's function
+    (Ray puts the map transformer, `fn_kwargs` included, in the object store once)."""
+    import ray
+
+    rows = sigs.map_batches(semi_join, fn_kwargs={"wanted": wanted}, batch_format="pyarrow", batch_size=None,
+                            zero_copy_batch=True)
+    return [ray.get(ref) for ref in rows.to_arrow_refs()]
+

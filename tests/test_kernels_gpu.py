@@ -145,6 +145,29 @@ def test_prefill_attention_packed_varlen_causal(dtype: torch.dtype, window: int 
     _check(out, expect, dtype, f"prefill window={window}")
 
 
+@pytest.mark.parametrize("variant", [{"heads_first": 1}, {"k_rows": 1}, {"heads_first": 1, "k_rows": 1}],
+                         ids=["heads-first", "k-rows", "both"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_attention_variants(dtype: torch.dtype, variant: dict[str, int], tmp_path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grid-order and K-layout variants the prefill sweep times compute the same
+    attention (packed, windowed, and after a cached prefix)."""
+    import json
+
+    (tmp_path / "t.json").write_text(json.dumps({"prefill_attention": variant}))
+    monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(tmp_path / "t.json"))
+    g = _gen(17)
+    lens = [1, 17, 130, 67, 200] if _HAS_GPU else [1, 17, 70]
+    q, k, v, cu, _ = _qkv(lens, lens, dtype, g)
+    for window in (None, 33):
+        out = cca_prefill_attention(q, k, v, cu, max_seqlen_q=max(lens), sliding_window=window)
+        expect = ref.cca_prefill_attention(_d(q), _d(k), _d(v), cu, sliding_window=window)
+        _check(out, expect, dtype, f"prefill {variant} window={window}")
+    q, k, v, cu_q, cu_k = _qkv([5, 40, 1], [5, 107, 64], dtype, g)
+    out = cca_prefill_attention(q, k, v, cu_q, cu_k)
+    _check(out, ref.cca_prefill_attention(_d(q), _d(k), _d(v), cu_q, cu_k), dtype, f"prefill {variant} prefix")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_prefill_attention_queries_after_a_cached_prefix(dtype: torch.dtype) -> None:
     g = _gen(13)

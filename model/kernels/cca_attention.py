@@ -31,14 +31,27 @@ _LOG2E = 1.4426950408889634
 def _prefill_step(
     acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, start_n, k_len, q_pos, qk_scale,
     offs_n0, offs_d, WINDOW: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr,
+    K_ROWS: tl.constexpr,
 ):
     offs_n = start_n + offs_n0
-    if MASKED:
-        kmask = offs_n < k_len
-        k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None], mask=kmask[None, :], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kmask[:, None], other=0.0)
+    if K_ROWS:
+        # K as [BLOCK_N, D] rows (the layout in memory), transposed for the MMA; a variant
+        # the sweep times against the [D, BLOCK_N] load below (scripts/tune_prefill.py).
+        if MASKED:
+            kmask = offs_n < k_len
+            k = tl.trans(tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kmask[:, None],
+                                 other=0.0))
+        else:
+            k = tl.trans(tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :]))
     else:
-        k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None])
+        if MASKED:
+            kmask = offs_n < k_len
+            k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None], mask=kmask[None, :], other=0.0)
+        else:
+            k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None])
+    if MASKED:
+        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=(offs_n < k_len)[:, None], other=0.0)
+    else:
         v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])
     s = tl.dot(q, k, input_precision=PRECISION)
     if MASKED:
@@ -49,8 +62,11 @@ def _prefill_step(
     # Statistics are kept in the scaled log2 domain; the scale is applied inside one
     # multiply-add per score (s * scale - m) instead of a separate pass over the tile.
     m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
-    # A row can see no key in a masked block (window edge); keep its stats finite.
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if MASKED:
+        # A row can see no key in a masked block (window edge); keep its stats finite.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new  # every row sees every key of an unmasked block: m_new is finite
     p = tl.math.exp2(s * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, axis=1)
@@ -64,11 +80,18 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    HEADS_FIRST: tl.constexpr, K_ROWS: tl.constexpr,
 ):
     # Causal work grows with the query block index: hand out the heaviest blocks first so the
-    # short ones fill the tail of the schedule.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    head = tl.program_id(1)
+    # short ones fill the tail of the schedule. HEADS_FIRST puts the head on the grid's
+    # fastest axis, so the heaviest block of *every* head goes first (and the query heads
+    # sharing a kv head read the same K/V blocks at about the same time, from L2).
+    if HEADS_FIRST:
+        head = tl.program_id(0)
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    else:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        head = tl.program_id(1)
     seq = tl.program_id(2)
     q_start = tl.load(CU_Q + seq)
     q_len = tl.load(CU_Q + seq + 1) - q_start
@@ -110,13 +133,13 @@ def _prefill_kernel(
     c = tl.minimum(tl.maximum(j_full_hi, b), j_hi)
     for j in range(j_lo, b):
         acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N, k_len,
-                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION)
+                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
     for j in range(b, c):
         acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N, k_len,
-                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, False, PRECISION)
+                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, False, PRECISION, K_ROWS)
     for j in range(c, j_hi):
         acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N, k_len,
-                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION)
+                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -174,13 +197,14 @@ def cca_prefill_attention(
     if q.dtype == torch.float32:
         # fp32 tiles are twice the bytes: halve the tiles so they fit shared memory.
         block_m, block_n, stages = min(block_m, 64), min(block_n, 32), min(stages, 2)
-    grid = (triton.cdiv(max_seqlen_q, block_m), q.shape[1], num_seqs)
+    blocks = triton.cdiv(max_seqlen_q, block_m)
+    grid = (q.shape[1], blocks, num_seqs) if cfg.heads_first else (blocks, q.shape[1], num_seqs)
     _prefill_kernel[grid](
         q, k, v, out, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), scale * _LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=d, WINDOW=int(sliding_window or 0),
         BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(q.dtype),
-        num_warps=warps, num_stages=stages,
+        HEADS_FIRST=bool(cfg.heads_first), K_ROWS=bool(cfg.k_rows), num_warps=warps, num_stages=stages,
     )
     return out
 

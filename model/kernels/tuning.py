@@ -41,6 +41,11 @@ class KernelConfig:
     # MoE only: 1 = the transposed grouped GEMM (weight rows on the MMA's M side; block_m is
     # then the tokens per tile, block_n the weight rows per tile); see model/kernels/moe.py
     swap_ab: int = 0
+    # prefill_attention only: 1 = the grid's fastest axis is the query head (every head's
+    # heaviest causal block is scheduled first); 1 = K loaded as [block_n, D] rows and
+    # transposed in registers instead of loaded as [D, block_n] (model/kernels/cca_attention.py)
+    heads_first: int = 0
+    k_rows: int = 0
 
 
 # Per-kernel entries. Keys are used by the launchers in this package:
@@ -161,6 +166,9 @@ def _resolved(kernel: str, name: str, override_path: str) -> KernelConfig:
     return replace(table[kernel], **override) if override else table[kernel]
 
 
+_FLAGS = frozenset({"swap_ab", "heads_first", "k_rows"})  # the 0/1 fields
+
+
 @lru_cache(maxsize=None)
 def _overrides(path: str) -> dict[str, dict[str, int]]:
     if not path:
@@ -176,9 +184,9 @@ def _overrides(path: str) -> dict[str, dict[str, int]]:
         if kernel not in DEFAULT:
             raise ValueError(f"ZAYA_KERNEL_TUNING={path}: unknown kernel {kernel!r}; known: {sorted(DEFAULT)}")
         if not isinstance(entry, dict) or not set(entry) <= known or not all(
-                isinstance(v, int) and (v in (0, 1) if k == "swap_ab" else v > 0) for k, v in entry.items()):
+                isinstance(v, int) and (v in (0, 1) if k in _FLAGS else v > 0) for k, v in entry.items()):
             raise ValueError(f"ZAYA_KERNEL_TUNING={path}: {kernel!r} must map fields {sorted(known)} "
-                             f"to positive integers (swap_ab: 0 or 1), got {entry!r}")
+                             f"to positive integers ({', '.join(sorted(_FLAGS))}: 0 or 1), got {entry!r}")
     return data
 
 

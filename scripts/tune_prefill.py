@@ -1,0 +1,160 @@
+"""Sweep the CCA prefill attention's launch parameters and code variants on this GPU against
+PyTorch SDPA in the same run; write the winner as a ZAYA_KERNEL_TUNING file and print a table.
+
+    python scripts/tune_prefill.py --out DIR      # then: export ZAYA_KERNEL_TUNING=DIR/prefill.json
+
+Shapes: the 8B attention (8 query heads over 2 kv heads, head_dim 128, bf16), one causal
+sequence of L = 4096, 16384 and 32768 tokens. Baselines, timed the same way in the same run:
+SDPA (flash) on standard 16-head multi-head attention of the same hidden size (the issue's
+comparison) and SDPA on the same grouped heads. A candidate's score is its time at 16K (the
+issue's target length); the table shows every length. Each time is the median of `--reps`
+CUDA-event-timed calls with L2 flushed before each (inputs larger than L2 at 16K anyway). The
+table's own entry is always a candidate, so the written file is never worse than it at 16K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.kernels import tuning  # noqa: E402
+from model.kernels.cca_attention import cca_prefill_attention  # noqa: E402
+from model.kernels.tuning import KernelConfig, kernel_config  # noqa: E402
+
+HQ, HK, D = 8, 2, 128
+BF16 = torch.bfloat16
+FLUSH: torch.Tensor | None = None
+
+
+def timed(fn: Callable[[], Any], reps: int) -> float:
+    """Median microseconds of fn, L2 flushed before each call, after two warm-up calls."""
+    global FLUSH
+    if FLUSH is None:
+        FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        FLUSH.zero_()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    return statistics.median(times)
+
+
+def candidates(incumbent: KernelConfig) -> list[KernelConfig]:
+    tiles = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 128, 8, 4), (128, 64, 8, 3), (128, 64, 8, 4),
+             (64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3)]
+    out = [incumbent]
+    for bm, bn, w, s in tiles:
+        for hf in (0, 1):
+            for kr in (0, 1):
+                c = KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s, heads_first=hf, k_rows=kr)
+                if c not in out:
+                    out.append(c)
+    return out
+
+
+def label(c: KernelConfig) -> str:
+    return (f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}"
+            f"{' heads-first' if c.heads_first else ''}{' k-rows' if c.k_rows else ''}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="folder for prefill.json and prefill-sweep.json")
+    ap.add_argument("--lengths", default="4096,16384,32768")
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    dev = torch.device("cuda")
+    incumbent = kernel_config("prefill_attention", dev)
+    table = tuning._table_for(tuning.device_name(dev))
+    saved = table["prefill_attention"]
+    cands = candidates(incumbent)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=dev, dtype=BF16, generator=gen)
+
+    results: dict[str, dict[int, float]] = {label(c): {} for c in cands}
+    base: dict[str, dict[int, float]] = {"sdpa-mha16": {}, "sdpa-gqa": {}}
+    errors: dict[str, str] = {}
+    for L in lengths:
+        q, k, v = rnd(L, HQ, D), rnd(L, HK, D), rnd(L, HK, D)
+        cu = torch.tensor([0, L], device=dev, dtype=torch.int32)
+        qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k, v))
+        qm, km, vm = rnd(1, 16, L, D), rnd(1, 16, L, D), rnd(1, 16, L, D)
+        base["sdpa-mha16"][L] = timed(lambda: F.scaled_dot_product_attention(qm, km, vm, is_causal=True), args.reps)
+        base["sdpa-gqa"][L] = timed(
+            lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True), args.reps)
+        ref = None
+        for c in cands:
+            name = label(c)
+            if name in errors:
+                continue
+            table["prefill_attention"] = c  # type: ignore[index]
+            tuning._resolved.cache_clear()
+            try:
+                out = cca_prefill_attention(q, k, v, cu, max_seqlen_q=L)
+                if ref is None:
+                    ref = out.float()
+                elif not torch.allclose(out.float(), ref, atol=2e-2, rtol=2e-2):
+                    raise AssertionError("differs from the incumbent's output")
+                results[name][L] = timed(lambda: cca_prefill_attention(q, k, v, cu, max_seqlen_q=L), args.reps)
+            except Exception as exc:  # a variant that does not compile, fit or agree is reported, not fatal
+                errors[name] = f"{type(exc).__name__}: {str(exc)[:100]}"
+            finally:
+                table["prefill_attention"] = saved  # type: ignore[index]
+                tuning._resolved.cache_clear()
+            print(f"  L={L:<6} {name:<34} {results[name].get(L, float('nan')):9.1f} us", flush=True)
+        del q, k, v, qm, km, vm, qs, ks, vs
+        torch.cuda.empty_cache()
+
+    key = 16384 if 16384 in lengths else lengths[-1]
+    scored = [c for c in cands if key in results[label(c)]]
+    best = min(scored, key=lambda c: results[label(c)][key])
+    keep = {f: getattr(best, f) for f in ("block_m", "block_n", "num_warps", "num_stages", "heads_first", "k_rows")}
+    (args.out / "prefill.json").write_text(json.dumps({"prefill_attention": keep}, indent=1))
+    (args.out / "prefill-sweep.json").write_text(json.dumps({
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "reps": args.reps,
+        "incumbent": label(incumbent), "best": label(best), "baselines_us": base, "candidates_us": results,
+        "errors": errors}, indent=1))
+
+    print(f"\n# CCA prefill sweep, {torch.cuda.get_device_name()}, bf16, Hq={HQ} Hk={HK} D={D}, median of {args.reps}")
+    print("  " + " ".join(f"{'L=' + str(L):>10}" for L in lengths) + "   candidate / baseline")
+    for name, row in base.items():
+        print("  " + " ".join(f"{row[L]:10.1f}" for L in lengths) + f"   {name}")
+    ranked = sorted(scored, key=lambda c: results[label(c)][key])
+    for c in ranked[:8] + ([incumbent] if incumbent not in ranked[:8] else []):
+        row = results[label(c)]
+        mark = " (table)" if c == incumbent else ""
+        print("  " + " ".join(f"{row.get(L, float('nan')):10.1f}" for L in lengths) + f"   {label(c)}{mark}")
+    for name, err in errors.items():
+        print(f"  failed: {name}: {err}")
+    inc = results[label(incumbent)]
+    print("\n  length   best us  table us  MHA16 us  best/MHA16 speedup  table/MHA16 speedup  best vs GQA")
+    for L in lengths:
+        b = results[label(best)].get(L, float("nan"))
+        m = base["sdpa-mha16"][L]
+        print(f"  {L:6d} {b:9.1f} {inc.get(L, float('nan')):9.1f} {m:9.1f} {m / b:18.2f}x "
+              f"{m / inc.get(L, float('nan')):20.2f}x {base['sdpa-gqa'][L] / b:11.2f}x")
+    print(f"best at L={key}: {label(best)} -> {args.out / 'prefill.json'}")
+
+
+if __name__ == "__main__":
+    main()

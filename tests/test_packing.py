@@ -10,6 +10,7 @@ import pytest
 
 from zaya_data.packing import (
     best_fit_decreasing,
+    best_fit_decreasing_per_item,
     packing_efficiency,
     sequential_pack,
     shuffle_bins,
@@ -58,6 +59,47 @@ def test_bfd_equals_slow_reference_on_random_inputs(seed: int) -> None:
     expected = reference_bfd(lengths.tolist(), capacity, tiebreak.tolist() if tiebreak is not None else None)
     assert [b.tolist() for b in bins] == expected
     check_invariants(lengths, bins, capacity)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_run_batched_bfd_equals_the_per_item_loop(seed: int) -> None:
+    """Long runs of equal lengths (what the batching exploits) and runs that end part-way
+    into a bin, in new bins or in closed-room buckets: the same bins, in the same order."""
+    rng = np.random.default_rng(1000 + seed)
+    capacity = int(rng.integers(1, 120))
+    n = int(rng.integers(1, 2000))
+    shape = seed % 4
+    if shape == 0:
+        lengths = rng.integers(1, capacity + 1, size=n)
+    elif shape == 1:  # few distinct lengths: long runs
+        lengths = rng.choice(rng.integers(1, capacity + 1, size=5), size=n)
+    elif shape == 2:  # short items, many per bin
+        lengths = rng.integers(1, max(1, capacity // 8) + 1, size=n)
+    else:  # mostly exact divisors of the capacity: bins filled to the brim
+        divisors = [d for d in range(1, capacity + 1) if capacity % d == 0]
+        lengths = rng.choice(divisors, size=n)
+    tiebreak = rng.integers(0, 4, size=n).astype(np.uint64) if seed % 2 else None
+    fast = best_fit_decreasing(lengths, capacity, tiebreak=tiebreak)
+    slow = best_fit_decreasing_per_item(lengths, capacity, tiebreak=tiebreak)
+    assert [b.tolist() for b in fast] == [b.tolist() for b in slow]
+    if n <= 300:
+        expected = reference_bfd(lengths.tolist(), capacity, tiebreak.tolist() if tiebreak is not None else None)
+        assert [b.tolist() for b in fast] == expected
+
+
+def test_run_batched_bfd_on_the_real_length_distribution_of_a_4k_build() -> None:
+    """Token counts of real MATH traces (long tail up to the context), tiebroken by hash as
+    the planner does: the batched and per-item packings agree row for row."""
+    rng = np.random.default_rng(7)
+    texts = [t for line in (DATA / "qwen25-math-eval" / "math_cot_100_rollouts8.jsonl").open()
+             for t in json.loads(line)["code"]]
+    # ~4 characters per token, cut to the context as the trimmer would
+    lengths = np.clip(np.array([len(t) // 4 + 1 for t in texts] * 8), 1, 4096)
+    tiebreak = rng.integers(0, 2**63, size=lengths.size, dtype=np.uint64)
+    fast = best_fit_decreasing(lengths, 4096, tiebreak=tiebreak)
+    slow = best_fit_decreasing_per_item(lengths, 4096, tiebreak=tiebreak)
+    assert len(fast) == len(slow)
+    assert all(np.array_equal(a, b) for a, b in zip(fast, slow))
 
 
 def test_bfd_small_example_exact_bins() -> None:

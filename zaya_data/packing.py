@@ -7,10 +7,13 @@ by the oldest row. On long chain-of-thought length distributions this fills rows
 >99% where naive sequential filling wastes 10-30% of a 32K context on padding
 (`benchmarks/bench_packing.py`).
 
-Complexity: O(n log n) for the sort, then per item one `bisect` over the sorted list of
-distinct remaining capacities (at most `capacity` entries) and one heap operation on the
-bucket of rows sharing that capacity. Both run in C, so a million items pack in a few
-seconds of pure Python.
+Complexity: O(n log n) for the sort, then one `bisect` over the sorted list of distinct
+remaining capacities (at most `capacity` entries) and one heap operation on the bucket of
+rows sharing that capacity per *(run of equal lengths, row)* pair, not per item: a run of
+equal items fills the row best-fit picks until it is too full for one more, then the next
+(see `best_fit_decreasing`). Items are whole tokens up to the context, so a corpus of
+hundreds of thousands has long runs, and the Python loop does a fraction of its items.
+`best_fit_decreasing_per_item` is the plain one-item-at-a-time loop it must equal.
 """
 
 from __future__ import annotations
@@ -46,10 +49,131 @@ def _check_lengths(lengths: np.ndarray, capacity: int) -> np.ndarray:
     return lens
 
 
+def _bfd_order(lens: np.ndarray, tiebreak: np.ndarray | None) -> np.ndarray:
+    """Item indices by length descending, then tiebreak (default: index) ascending."""
+    n = lens.size
+    if tiebreak is None:
+        return np.lexsort((np.arange(n), -lens))
+    tb = np.asarray(tiebreak)
+    if tb.shape != lens.shape:
+        raise ValueError(f"tiebreak shape {tb.shape} != lengths shape {lens.shape}")
+    # lexsort is stable, so equal (length, tiebreak) pairs fall back to the index.
+    return np.lexsort((tb, -lens))
+
+
+def _group_bins(order: np.ndarray, assign: np.ndarray, nbins: int) -> list[np.ndarray]:
+    """One array of item indices per bin from the bin of each item in processing order;
+    the stable sort keeps placement order inside each bin."""
+    perm = np.argsort(assign, kind="stable")
+    grouped = order[perm]
+    counts = np.bincount(assign, minlength=nbins)
+    return np.split(grouped, np.cumsum(counts)[:-1])
+
+
 def best_fit_decreasing(
     lengths: np.ndarray, capacity: int, tiebreak: np.ndarray | None = None
 ) -> list[np.ndarray]:
     """Pack items into bins of `capacity`; return one array of item indices per bin.
+
+    Items are taken by length descending, equal lengths by `tiebreak` ascending (default:
+    the item index). Each goes to the open bin with the smallest remaining capacity that
+    fits it, ties by lowest bin number; a new bin is opened when none fits. Bins are
+    numbered (and returned) in creation order; inside a bin, items are in placement order.
+
+    Run-batched, with the same result as placing items one by one
+    (`best_fit_decreasing_per_item`): in a run of m items of equal length L, the first goes
+    to the best-fit bin, whose room c drops to c - L. When c - L >= L it is again the best
+    fit for the next one (every other candidate has room >= c), so that bin takes
+    min(m, c // L) consecutive items before the run moves on to the next candidate (same
+    room, higher number, then larger rooms), and once none fits, to new bins of
+    capacity // L items each. So the loop below runs once per (run, bin) pair.
+    """
+    lens = _check_lengths(lengths, capacity)
+    n = lens.size
+    if n == 0:
+        return []
+    order = _bfd_order(lens, tiebreak)
+    sorted_lens = lens[order]
+    smallest = int(sorted_lens[-1])
+    run_starts = np.flatnonzero(np.r_[True, sorted_lens[1:] != sorted_lens[:-1]]).tolist()
+    run_lens = sorted_lens[run_starts].tolist()
+    run_ends = run_starts[1:] + [n]
+
+    caps: list[int] = []  # distinct remaining capacities of open bins, ascending
+    buckets: dict[int, list[int]] = {}  # remaining capacity -> min-heap of bin numbers
+    # (bin, items) per placement step, in processing order; np.repeat expands them
+    step_bin: list[int] = []
+    step_count: list[int] = []
+    nbins = 0
+
+    def keep(b: int, rem: int) -> None:
+        # Items only get shorter, so a bin whose room is below the shortest item is
+        # closed for good: dropping it keeps `caps` small.
+        if rem >= smallest:
+            heap = buckets.get(rem)
+            if heap:
+                heapq.heappush(heap, b)
+            else:
+                buckets[rem] = [b]
+                insort(caps, rem)
+
+    for length, lo, hi in zip(run_lens, run_starts, run_ends):
+        m = hi - lo
+        while m:
+            i = bisect_left(caps, length)
+            if i == len(caps):
+                nbins = _open_bins(length, m, capacity, nbins, step_bin, step_count, buckets, caps, smallest)
+                break
+            cap = caps[i]
+            heap = buckets[cap]
+            b = heapq.heappop(heap)
+            if not heap:
+                del caps[i]
+                del buckets[cap]
+            q = min(m, cap // length)
+            step_bin.append(b)
+            step_count.append(q)
+            m -= q
+            keep(b, cap - q * length)
+
+    assign = np.repeat(np.asarray(step_bin, np.int64), np.asarray(step_count, np.int64))
+    return _group_bins(order, assign, nbins)
+
+
+def _open_bins(length: int, m: int, capacity: int, nbins: int, step_bin: list[int], step_count: list[int],
+               buckets: dict[int, list[int]], caps: list[int], smallest: int) -> int:
+    """Place the last `m` items of a run (length `length`) when no open bin fits one: new
+    bins of `capacity // length` items each, the last holding the rest. Their rooms are
+    recorded for later (shorter) items. Returns the number of bins now."""
+    per = capacity // length
+    full, rest = divmod(m, per)
+    first = nbins
+    step_bin.extend(range(first, first + full))
+    step_count.extend([per] * full)
+    _add_new_bins(buckets, caps, capacity - per * length, range(first, first + full), smallest)
+    if rest:
+        step_bin.append(first + full)
+        step_count.append(rest)
+        _add_new_bins(buckets, caps, capacity - rest * length, range(first + full, first + full + 1), smallest)
+    return first + full + (1 if rest else 0)
+
+
+def _add_new_bins(buckets: dict[int, list[int]], caps: list[int], rem: int, bins: range, smallest: int) -> None:
+    """Record new bins, numbered above every open one, as having `rem` room left."""
+    if rem < smallest or not bins:
+        return
+    heap = buckets.get(rem)
+    if heap is None:
+        buckets[rem] = heap = []
+        insort(caps, rem)
+    heap.extend(bins)  # each larger than every number already in it, in order: still a heap
+
+
+def best_fit_decreasing_per_item(
+    lengths: np.ndarray, capacity: int, tiebreak: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """`best_fit_decreasing`, placing one item per loop step: the reference the run-batched
+    version is tested against (and the shape of the algorithm written plainly).
 
     Items are taken by length descending, equal lengths by `tiebreak` ascending (default:
     the item index). Each goes to the open bin with the smallest remaining capacity that
@@ -60,14 +184,7 @@ def best_fit_decreasing(
     n = lens.size
     if n == 0:
         return []
-    if tiebreak is None:
-        order = np.lexsort((np.arange(n), -lens))
-    else:
-        tb = np.asarray(tiebreak)
-        if tb.shape != lens.shape:
-            raise ValueError(f"tiebreak shape {tb.shape} != lengths shape {lens.shape}")
-        # lexsort is stable, so equal (length, tiebreak) pairs fall back to the index.
-        order = np.lexsort((tb, -lens))
+    order = _bfd_order(lens, tiebreak)
     sorted_lens = lens[order].tolist()
     smallest = sorted_lens[-1]
 
@@ -99,11 +216,7 @@ def best_fit_decreasing(
                 buckets[rem] = [b]
                 insort(caps, rem)
 
-    # Group by bin; the stable sort keeps placement order inside each bin.
-    perm = np.argsort(assign, kind="stable")
-    grouped = order[perm]
-    counts = np.bincount(assign, minlength=nbins)
-    return np.split(grouped, np.cumsum(counts)[:-1])
+    return _group_bins(order, assign, nbins)
 
 
 def sequential_pack(lengths: np.ndarray, capacity: int) -> list[np.ndarray]:

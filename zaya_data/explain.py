@@ -81,7 +81,7 @@ class SourceFates:
     """The records of one source that reached the mixer, and every use of them."""
 
     name: str
-    ids: list[str]
+    ids: list[str] | pa.Array
     file_index: np.ndarray
     row_index: np.ndarray
     files: dict[int, str]  # file_index -> path
@@ -101,7 +101,7 @@ class SourceFates:
 def packed_fates(names: list[str], items: dict[str, Any], sels: dict[str, Any], uses: Any,
                  rows: list[np.ndarray], shard_rows: int, records: list[dict[str, Any]]) -> list[SourceFates]:
     """SourceFates of a packed phase from the plan (`plan.SourceItems`, selections, uses,
-    packed rows of use indices) and the job records (part paths, unit paths)."""
+    packed rows of use indices) and the job records (unit paths)."""
     n_uses = len(uses.item)
     use_row = np.zeros(n_uses, np.int64)
     use_seg = np.zeros(n_uses, np.int64)
@@ -121,7 +121,6 @@ def packed_fates(names: list[str], items: dict[str, Any], sels: dict[str, Any], 
         start = block.stop
         assert (uses.source[block] == i).all(), "uses are concatenated in source order"
         sel_of_use = np.repeat(np.arange(len(sel.records)), counts)
-        fi, ri = _positions([r["part"] for r in records if r["source"] == n], it.rec_start)
         paths: dict[int, str] = {}
         for r in records:
             if r["source"] == n:
@@ -130,26 +129,13 @@ def packed_fates(names: list[str], items: dict[str, Any], sels: dict[str, Any], 
                    else np.zeros(0, np.int64))
         grow = use_row[block]
         out.append(SourceFates(
-            name=n, ids=it.rec_ids, file_index=fi, row_index=ri, files=paths,
+            name=n, ids=it.rec_ids, file_index=it.rec_file_index, row_index=it.rec_row_index, files=paths,
             tokens=it.rec_tokens, pieces=it.rec_count, trimmed_tokens=trimmed, kept_fate="packed",
             use_record=sel.records[sel_of_use], use_epoch=sel.epochs[sel_of_use],
             use_piece=it.piece[uses.item[block]], use_shard=grow // shard_rows, use_row=grow % shard_rows,
             use_segment=use_seg[block],
         ))
     return out
-
-
-def _positions(parts: list[str], rec_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from zaya_data.tasks import read_part
-
-    fi, ri = [], []
-    for p in parts:
-        t = read_part(p).select(["file_index", "row_index"])
-        fi.append(t["file_index"].to_numpy(zero_copy_only=False))
-        ri.append(t["row_index"].to_numpy(zero_copy_only=False))
-    if not fi:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(fi).astype(np.int64)[rec_start], np.concatenate(ri).astype(np.int64)[rec_start]
 
 
 def prompt_fates(names: list[str], tables: dict[str, pa.Table], sels: dict[str, Any], order: np.ndarray,
@@ -201,7 +187,7 @@ def _source_table(sf: SourceFates, dropped: pa.Table, flagged: dict[tuple, str])
     files = pa.array([sf.files.get(int(f)) for f in uniq], pa.string()).take(pa.array(inv.astype(np.int64)))
     fate = pc.if_else(pa.array(epochs > 0), pa.scalar(sf.kept_fate), pa.scalar("not_selected"))
     kept = pa.table({
-        "id": pa.array(sf.ids, pa.string()), "source": pa.repeat(pa.scalar(sf.name), n),
+        "id": sf.ids if isinstance(sf.ids, pa.Array) else pa.array(sf.ids, pa.string()), "source": pa.repeat(pa.scalar(sf.name), n),
         "file_index": pa.array(sf.file_index.astype(np.int32)), "row_index": pa.array(sf.row_index.astype(np.int64)),
         "file": files, "fate": fate,
         "stage": pa.nulls(n, pa.string()), "reason": pa.nulls(n, pa.string()), "detail": pa.nulls(n, pa.string()),

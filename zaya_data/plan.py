@@ -8,6 +8,7 @@ function of that metadata, the weights and the seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,9 @@ class SourceItems:
     rec_count: np.ndarray  # items (pieces) of each record
     rec_tokens: np.ndarray
     rec_hash: np.ndarray
-    rec_ids: list[str]
+    rec_ids: pa.StringArray  # Arrow, not a list: no Python object per record
+    rec_file_index: np.ndarray
+    rec_row_index: np.ndarray
 
     @property
     def records(self) -> int:
@@ -42,39 +45,92 @@ class SourceItems:
 
 _META_COLS = ["id", "file_index", "row_index", "piece", "num_tokens", "loss_tokens", "trimmed", "trimmed_tokens"]
 
+# What the planner needs of a part, one row per item: the part's own metadata columns plus
+# the item's record hash (`mixing.record_hashes`; the pieces of a record share it). The
+# tokenize worker writes it beside its part (`write_part_meta`) because hashing ids is a
+# Python loop per record: done there it runs on every worker at once instead of on the
+# driver after them, and the driver reads one small single-chunk table per part instead
+# of the part's metadata in a chunk per 1024 rows.
+ITEM_META = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("file_index", pa.int32(), nullable=False),
+    pa.field("row_index", pa.int64(), nullable=False),
+    pa.field("piece", pa.int32(), nullable=False),
+    pa.field("num_tokens", pa.int32(), nullable=False),
+    pa.field("loss_tokens", pa.int32(), nullable=False),
+    pa.field("trimmed", pa.bool_(), nullable=False),
+    pa.field("trimmed_tokens", pa.int32(), nullable=False),
+    pa.field("hash", pa.uint64(), nullable=False),
+])
+
+
+def meta_path(part: str | Path) -> Path:
+    return Path(part).with_suffix(".meta.arrow")
+
+
+def part_meta(part: str | Path) -> pa.Table:
+    """The ITEM_META rows of a part (a TOKENIZED Arrow IPC file), in one chunk."""
+    from zaya_data.tasks import read_part
+
+    t = read_part(str(part)).select(_META_COLS).combine_chunks()
+    if not t.num_rows:
+        return ITEM_META.empty_table()
+    # Per item: the pieces of a record share its id and position, so the planner takes
+    # the hash of each record's first piece (the hash `record_hashes` gives the record).
+    h = record_hashes(t["id"].to_pylist(), t["file_index"].to_numpy().astype(np.int64),
+                      t["row_index"].to_numpy().astype(np.int64))
+    return t.append_column(ITEM_META.field("hash"), pa.array(h, pa.uint64())).cast(ITEM_META)
+
+
+def write_part_meta(part: str | Path) -> None:
+    """Write `part_meta(part)` beside the part, atomically; called by the worker before it
+    writes the job's record, so a finished job always has it."""
+    from zaya_data.io import atomic_replace, tmp_path_for
+
+    out = meta_path(part)
+    tmp = tmp_path_for(out)
+    table = part_meta(part)
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ITEM_META) as writer:
+        writer.write_table(table)
+    atomic_replace(tmp, out)
+
+
+def read_part_meta(part: str | Path) -> pa.Table:
+    """The part's ITEM_META: its sidecar, or computed here for a part written without one
+    (a work folder of an older version being resumed). Same rows either way."""
+    path = meta_path(part)
+    if path.exists():
+        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().combine_chunks()
+    return part_meta(part)
+
+
+def _column(tables: list[pa.Table], col: str, dtype: type) -> np.ndarray:
+    if not tables:
+        return np.zeros(0, dtype)
+    return np.concatenate([t[col].to_numpy() for t in tables]).astype(dtype, copy=False)
+
 
 def load_source_items(name: str, parts: list[tuple[int, str]]) -> SourceItems:
     """`parts`: (global part index, path) in canonical order."""
-    from zaya_data.tasks import read_part
-
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in _META_COLS + ["part", "row"]}
-    ids: list[str] = []
-    for gidx, path in parts:
-        t = read_part(path).select(_META_COLS)
-        n = t.num_rows
-        for c in _META_COLS[1:]:
-            cols[c].append(t[c].to_numpy(zero_copy_only=False))
-        ids.extend(t["id"].to_pylist())
-        cols["part"].append(np.full(n, gidx, np.int64))
-        cols["row"].append(np.arange(n, dtype=np.int64))
-
-    def cat(c: str, dtype: type) -> np.ndarray:
-        return np.concatenate(cols[c]).astype(dtype) if cols[c] else np.zeros(0, dtype)
-
-    piece = cat("piece", np.int32)
-    tokens = cat("num_tokens", np.int64)
+    metas = [read_part_meta(path) for _, path in parts]
+    counts = [m.num_rows for m in metas]
+    piece = _column(metas, "piece", np.int32)
+    tokens = _column(metas, "num_tokens", np.int64)
     rec_start = np.nonzero(piece == 0)[0]
     rec_count = np.diff(np.append(rec_start, len(piece)))
     rec_tokens = np.add.reduceat(tokens, rec_start) if len(rec_start) else np.zeros(0, np.int64)
-    fi = cat("file_index", np.int64)[rec_start]
-    ri = cat("row_index", np.int64)[rec_start]
-    rec_ids = [ids[i] for i in rec_start]
+    ids = pa.concat_arrays([m["id"].combine_chunks() for m in metas]) if metas else pa.array([], pa.string())
     return SourceItems(
-        name=name, part=cat("part", np.int64), row=cat("row", np.int64), tokens=tokens,
-        loss_tokens=cat("loss_tokens", np.int64), trimmed=cat("trimmed", bool),
-        trimmed_tokens=cat("trimmed_tokens", np.int64), piece=piece,
+        name=name,
+        part=np.repeat(np.array([g for g, _ in parts], np.int64), counts),
+        row=np.concatenate([np.arange(n, dtype=np.int64) for n in counts]) if counts else np.zeros(0, np.int64),
+        tokens=tokens, loss_tokens=_column(metas, "loss_tokens", np.int64), trimmed=_column(metas, "trimmed", bool),
+        trimmed_tokens=_column(metas, "trimmed_tokens", np.int64), piece=piece,
         rec_start=rec_start, rec_count=rec_count, rec_tokens=rec_tokens,
-        rec_hash=record_hashes(rec_ids, fi, ri), rec_ids=rec_ids,
+        rec_hash=_column(metas, "hash", np.uint64)[rec_start],
+        rec_ids=ids.take(pa.array(rec_start, pa.int64())),
+        rec_file_index=_column(metas, "file_index", np.int64)[rec_start],
+        rec_row_index=_column(metas, "row_index", np.int64)[rec_start],
     )
 
 

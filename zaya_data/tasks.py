@@ -80,6 +80,7 @@ class TokenizeWorker:
         return self._stages[kind]
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        from zaya_data.plan import write_part_meta
         from zaya_data.readers import read_unit
 
         out = Path(job["out"])
@@ -113,6 +114,7 @@ class TokenizeWorker:
                         ex.setdefault("file", unit.path)
                 stage_ledger.merge(unit_ledger)
         atomic_replace(tmp, out)
+        write_part_meta(out)  # before the record: a finished job always has its metadata
         ledger = Ledger().merge(read_ledger).merge(stage_ledger)
         return _finish(out, {
             "source": spec.name, "file_index": units[0].file_index, "units": len(units),

@@ -282,8 +282,17 @@ class CleanTokenizeWorker(TokenizeWorker):
         }
         if self.mode == "map":
             record.update(self._write_keys(spec, out, kept_tables))
+        else:
+            self._write_meta(out)
         atomic_write_text(out.with_suffix(".json"), json.dumps(record, sort_keys=True))
         return record
+
+    def _write_meta(self, out: Path) -> None:
+        """The planner's per-item metadata beside a tokenized part (`plan.write_part_meta`),
+        before the job's record, so a finished job always has it."""
+        from zaya_data.plan import write_part_meta
+
+        write_part_meta(out)
 
     def _clean_info(self, stages: MapStages | None, matches0: int, flagged0: int, fates: list[pa.Table],
                     units: list[Any]) -> dict[str, Any]:
@@ -381,6 +390,7 @@ class CleanTokenizeWorker(TokenizeWorker):
             "part": str(out), "rows": rows, "tokens": tokens, "ledger": ledger.to_dict(),
             "fates": [*mapped["fates"], str(fates_path)], "seconds": time.perf_counter() - t0,
         }
+        self._write_meta(out)
         atomic_write_text(out.with_suffix(".json"), json.dumps(record, sort_keys=True))
         return record
 
@@ -400,6 +410,9 @@ class CleanPromptWorker(CleanTokenizeWorker):
         from zaya_data.tasks import PROMPTS
 
         return PROMPTS
+
+    def _write_meta(self, out: Path) -> None:
+        pass  # prompt parts are read whole by the driver; there is no packing plan
 
     def _final(self, spec: Any, batch: pa.Table, ledger: Ledger) -> pa.Table:
         from zaya_data.stages.template import render_prompt

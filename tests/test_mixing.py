@@ -66,3 +66,13 @@ def test_selection_depends_on_the_seed_not_on_the_input_order() -> None:
     assert sorted(np.array(ids)[a.records].tolist()) == sorted(np.array(ids)[perm][b.records].tolist())
     c = select_source("s", sizes, h, 300, 1.0, 43, "x")
     assert set(a.records.tolist()) != set(c.records.tolist())
+
+
+def test_unique_records_counts_distinct_indices_like_np_unique() -> None:
+    from zaya_data.mixing import Selection
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 17, 5000):
+        recs = rng.integers(0, max(1, n // 3), size=n).astype(np.int64)
+        sel = Selection(source="s", target=0, records=recs, epochs=np.zeros(n, np.int32))
+        assert sel.unique_records() == np.unique(recs).size

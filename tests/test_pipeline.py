@@ -233,3 +233,23 @@ def test_the_demo_phase_is_really_cleaned(tmp_path: Path) -> None:
                       "matches": []}
     rep = verify_phase(phase)
     assert rep.ok, [str(p) for p in rep.problems]
+
+
+def test_an_error_writing_the_fate_index_beside_the_shards_fails_the_build(tmp_path, monkeypatch):
+    """The ledger and fate index are written in a driver thread while the shards are; an
+    error there still stops the build, and no manifest claims a finished phase."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from mixtures import three_source_mixture
+
+    import zaya_data.explain
+
+    def broken(*_a, **_k):
+        raise OSError("disk full (test)")
+
+    monkeypatch.setattr(zaya_data.explain, "write_fate_index", broken)
+    mix = three_source_mixture(tmp_path, name="side")
+    with pytest.raises(OSError, match="disk full"):
+        main(["build", str(mix), "--out", str(tmp_path / "out"), "--no-ray", "--quiet"])
+    assert not (tmp_path / "out" / "p" / "manifest.json").exists()

@@ -12,11 +12,14 @@ started again with the same mixture and seed finishes the same bytes.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,8 +206,10 @@ def build_phase(
     jobs = group_jobs(mix, units, work)
     init = dict(tokenizer=mix.tokenizer.path, template=asdict(phase.template), context=phase.context,
                 loss=phase.loss, trim_window=phase.trim_window, strict=strict)
+    warm = _warm_driver_imports()
     records, drop_counts = _clean_jobs(CleanTokenizeWorker, init, mix, phase, names, specs, jobs, work, executor,
                                        "tokenize")
+    warm.join()
     clock.mark("read+tokenize")
     parts = [r["part"] for r in records]
 
@@ -230,8 +235,9 @@ def build_phase(
             f"phase {phase.name!r} ({phase.origin}): sources cannot reach their targets:\n" + "\n".join(lines)
             + "\nadd data, raise max_repetition, lower token_budget, or set allow_shortfall: true"
         )
+    unique = {n: sels[n].unique_records() for n in names}
     for n in names:
-        unused = items[n].records - sels[n].unique_records()
+        unused = items[n].records - unique[n]
         if unused:
             ledger.reject("mix", "not_selected", n, detail="token budget reached before this record", count=unused)
 
@@ -239,16 +245,17 @@ def build_phase(
     rows = pack_uses(uses, phase.context, seed, PACK_WINDOW)
     sjobs = shard_jobs(rows, uses, phase.shard_rows, str(phase_dir), str(work))
     clock.mark("select+pack")
-    shards = list(executor.map_jobs(ShardWorker, dict(parts=parts, context=phase.context, pad_id=tok.pad_id),
-                                    sjobs, f"{phase.name}: shards"))
-    shards.sort(key=lambda s: s["file"])
-    clock.mark("shards")
-    ledger.write(phase_dir / "ledger.json")
-    from zaya_data.explain import packed_fates, write_fate_index
-
-    fate_info = write_fate_index(phase_dir, packed_fates(names, items, sels, uses, rows, phase.shard_rows, records),
-                                 [f for r in records for f in r.get("fates", [])], names)
-    cleaning = _clean_outputs(phase_dir, records, specs, drop_counts)
+    # The ledger, fate index and cleaning report need the plan, not the shards: a driver
+    # thread writes them while the workers write shards (the driver only waits on Ray
+    # then), which takes them off the build's serial tail. Their bytes do not depend on it.
+    with ThreadPoolExecutor(1, thread_name_prefix="zaya-index") as pool:
+        side = pool.submit(_write_side_files, phase_dir, ledger, names, items, sels, uses, rows, phase.shard_rows,
+                           records, specs, drop_counts)
+        shards = list(executor.map_jobs(ShardWorker, dict(parts=parts, context=phase.context, pad_id=tok.pad_id),
+                                        sjobs, f"{phase.name}: shards"))
+        shards.sort(key=lambda s: s["file"])
+        clock.mark("shards")
+        fate_info, cleaning = side.result()
 
     sources_out: dict[str, Any] = {}
     taken = {}
@@ -266,7 +273,7 @@ def build_phase(
             "loss_tokens": int(it.loss_tokens[used].sum()),
             "documents": int(len(sels[n].records)),
             "segments": int(m.sum()),
-            "unique_documents": sels[n].unique_records(),
+            "unique_documents": unique[n],
             "available_tokens": available[n],
             "available_documents": it.records,
             "repetition": round(sels[n].repetition, 6),
@@ -274,7 +281,7 @@ def build_phase(
             "trimmed_tokens": int(it.trimmed_tokens[used].sum()),
             "input_records": sum(r["input_records"] for r in src_records),
             "rejected_records": rejected,
-            "not_selected_records": it.records - sels[n].unique_records(),
+            "not_selected_records": it.records - unique[n],
             "shortfall_tokens": sels[n].shortfall,
             "files": sum(r["units"] for r in src_records),
         }
@@ -318,6 +325,38 @@ def build_phase(
     clock.mark("ledger+index+manifest")
     _write_timings(work_root, phase.name, clock.laps)
     return PhaseResult(phase.name, "built", manifest, clock.laps)
+
+
+def _write_side_files(phase_dir: Path, ledger: Ledger, names: list[str], items: dict[str, Any],
+                      sels: dict[str, Any], uses: Any, rows: list[np.ndarray], shard_rows: int,
+                      records: list[dict[str, Any]], specs: dict[str, Any],
+                      drop_counts: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ledger.json, records.parquet and (with cleaning) decontamination.json of a packed
+    phase; returns the manifest's `records` and `cleaning` entries."""
+    from zaya_data.explain import packed_fates, write_fate_index
+
+    ledger.write(phase_dir / "ledger.json")
+    fate_info = write_fate_index(phase_dir, packed_fates(names, items, sels, uses, rows, shard_rows, records),
+                                 [f for r in records for f in r.get("fates", [])], names)
+    return fate_info, _clean_outputs(phase_dir, records, specs, drop_counts)
+
+
+def _warm_driver_imports() -> threading.Thread:
+    """Import, in a thread, what the driver's planning imports on its first Arrow call
+    while the workers tokenize (the driver only waits on them then). pyarrow imports
+    pandas at its first conversion (`pa.array`, `to_numpy`) to check for pandas inputs:
+    ~0.3-0.5 s that would otherwise open the serial planning step. Join before planning,
+    so no import is still running when the driver needs the module."""
+    def run() -> None:
+        for name in ("pandas", "pyarrow.parquet", "zaya_data.explain"):
+            try:
+                importlib.import_module(name)
+            except ImportError:  # pandas is optional for pyarrow: then it imports nothing
+                pass
+
+    thread = threading.Thread(target=run, name="zaya-warm-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 class _Clock:

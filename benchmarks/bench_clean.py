@@ -343,55 +343,57 @@ def _calibration_task(_: int) -> float:
     return time.perf_counter() - t0
 
 
-def _scale_reduce(args: tuple[int, str]) -> bytes:
+def _scale_reduce(args: tuple[int, str, int]) -> bytes:
     """All bucket rows of one hash partition -> exact links and near candidates, member ->
-    anchor (Arrow IPC bytes)."""
+    anchor as key hashes with the resolution's seed (Arrow IPC bytes, LINK_SCHEMA)."""
     import pyarrow as pa
 
-    from zaya_data.clean.dedup import bucket_edges
+    from zaya_data.clean.dedup import bucket_links
 
-    p, work = args
+    p, work, seed = args
     tables = [pa.ipc.open_file(pa.memory_map(f"{work}/keys-{c:03d}-{p:03d}.arrow")).read_all()
               for c in range(SCALE_CHUNKS)]
-    return _ipc_bytes(bucket_edges(pa.concat_tables(tables)))
+    return _ipc_bytes(bucket_links(pa.concat_tables(tables), seed))
 
 
-def _scale_semi_join(args: tuple[int, str]) -> bytes:
-    """One chunk's signatures -> the rows of the candidate records (their key hashes are in
-    the driver's wanted.npy), Arrow IPC bytes."""
+def _scale_semi_join(args: tuple[int, str, int]) -> bytes:
+    """One chunk's signatures -> the rows of the linked records (their key hashes are in
+    the driver's wanted.npy), with their key hashes, Arrow IPC bytes."""
     import numpy as np
     import pyarrow as pa
 
     from zaya_data.clean.dedup import semi_join
 
-    chunk, work = args
+    chunk, work, seed = args
     wanted = np.load(f"{work}/wanted.npy")
     sig = pa.ipc.open_file(pa.memory_map(f"{work}/sigs-{chunk:03d}.arrow")).read_all()
-    return _ipc_bytes(semi_join(sig, wanted))
+    return _ipc_bytes(semi_join(sig, wanted, seed))
 
 
-def _scale_verify(pool: ProcessPoolExecutor, blobs: list[bytes], work: Path) -> tuple[Any, dict[str, int]]:
-    """The verification phase: gather the candidates on the driver, semi-join them against
-    every chunk's signatures in the pool, keep the similar pairs. Returns the links
-    (EDGE_SCHEMA) and what moved."""
+def _scale_resolve(pool: ProcessPoolExecutor, blobs: list[bytes], work: Path) -> tuple[Any, dict[str, float]]:
+    """The driver's part: gather the links, semi-join the linked records against every
+    chunk's signatures in the pool, keep the similar pairs, union-find
+    (`resolve_candidates`, as a build runs it). `blobs`: the partitions' links with seed 0
+    (a key hash collision asks the pool again with the next seed). Returns the drop list
+    and what moved, with the verification's seconds."""
     import numpy as np
     import pyarrow as pa
 
-    from zaya_data.clean.dedup import gather_candidates, verify_links
+    from zaya_data.clean.dedup import resolve_candidates
 
-    edges = [pa.ipc.open_stream(b).read_all() for b in blobs]
-    cands = gather_candidates(edges)
-    rows: list[Any] = []
-    if len(cands.member):
-        np.save(work / "wanted.npy", cands.wanted)
-        rows = [pa.ipc.open_stream(b).read_all()
-                for b in pool.map(_scale_semi_join, [(c, str(work)) for c in range(SCALE_CHUNKS)])]
-    links = verify_links(cands, rows, CLEAN["near_dedup"].get("threshold", 0.8))
-    stats = {"candidate links": sum(e.num_rows for e in edges) - cands.exact.num_rows,
-             "distinct pairs": len(cands.member), "candidate records": cands.nodes.num_rows,
-             "signature rows fetched": sum(r.num_rows for r in rows),
-             "near links kept": links.num_rows - cands.exact.num_rows, "exact links": cands.exact.num_rows}
-    return links, stats
+    def links_for(seed: int) -> list[Any]:
+        got = blobs if seed == 0 else list(pool.map(_scale_reduce, [(p, str(work), seed)
+                                                                    for p in range(SCALE_PARTITIONS)]))
+        return [pa.ipc.open_stream(b).read_all() for b in got]
+
+    def fetch(wanted: Any, seed: int) -> list[Any]:
+        np.save(work / "wanted.npy", wanted)
+        return [pa.ipc.open_stream(b).read_all()
+                for b in pool.map(_scale_semi_join, [(c, str(work), seed) for c in range(SCALE_CHUNKS)])]
+
+    stats: dict[str, float] = {}
+    drops = resolve_candidates(links_for, fetch, CLEAN["near_dedup"].get("threshold", 0.8), stats)
+    return drops, stats
 
 
 def _pin_worker(counter: Any) -> None:
@@ -412,8 +414,6 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
     import multiprocessing as mp
 
     import pyarrow as pa
-
-    from zaya_data.clean.dedup import resolve_edges
 
     global _SCALE_TEXTS
     _SCALE_TEXTS = corpus_docs(scale)
@@ -443,11 +443,9 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
         with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker, initargs=(ctx.Value("i", 0),)) as pool:
             done = list(pool.map(_scale_map, [(c, str(work)) for c in range(SCALE_CHUNKS)]))
             t1 = time.perf_counter()
-            blobs = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
-            v0 = time.perf_counter()
-            links, moved = _scale_verify(pool, blobs, work)
-            verify = time.perf_counter() - v0
-            drops = resolve_edges([links])
+            blobs = list(pool.map(_scale_reduce, [(p, str(work), 0) for p in range(SCALE_PARTITIONS)]))
+            drops, moved = _scale_resolve(pool, blobs, work)
+            verify = moved.pop("verify_s", 0.0)
             wall = time.perf_counter() - t0
             # the machine's own scaling, measured on the same pool right after
             c0 = time.perf_counter()
@@ -470,7 +468,7 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
         sys.stdout.flush()
     if run:
         print(f"# bucket rows {bucket_bytes / n:.0f} bytes per document; verification: "
-              + ", ".join(f"{name} {v}" for name, v in moved.items()))
+              + ", ".join(f"{name} {v:g}" for name, v in moved.items()))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from zaya_data.clean.config import NearDedupSpec, parse_clean
@@ -372,10 +373,30 @@ def test_bucket_rows_carry_no_minhash() -> None:
     assert keyed_bucket_rows(blocks[0], spec, 4).column_names == ["slot", "bucket", *KEY_COLUMNS, "partition"]
 
 
-def test_semi_join_with_forced_hash_collisions_returns_exactly_the_needed_signatures(monkeypatch) -> None:
-    """Key hashes that collide (here: only `row_index % 3` counts) make the semi-join
-    return rows of records no candidate needs; the exact key match drops them, and the
-    drop list is the same as with the real hash."""
+def _links_and_fetch(blocks: list[pa.Table], spec, partitions: int = 3):
+    """The in-process `resolve_candidates` callbacks over `blocks`, counting their calls."""
+    from zaya_data.clean import dedup
+
+    allk = pa.concat_tables([dedup.bucket_keys(b, spec) for b in blocks])
+    part = dedup.partition_of(allk, partitions)
+    parts = [allk.filter(pc.equal(part, p)) for p in range(partitions)]
+    seeds: list[int] = []
+
+    def links_for(seed: int) -> list[pa.Table]:
+        seeds.append(seed)
+        return [dedup.bucket_links(k, seed) for k in parts]
+
+    def fetch(wanted, seed: int) -> list[pa.Table]:
+        return [dedup.semi_join(b, wanted, seed) for b in blocks]
+
+    return links_for, fetch, seeds
+
+
+def test_key_hash_collisions_are_detected_and_resolved_again_with_the_next_seed(monkeypatch) -> None:
+    """Seed 0 hashes only `row_index % 3` (linked records share hashes, unlinked records
+    answer the semi-join): the collision is seen in the semi-join's keys, seed 1 is used,
+    and the drop list is the brute-force one; a hash that collides with every seed fails
+    loudly instead of merging records."""
     import numpy as np
 
     from zaya_data.clean import dedup
@@ -383,28 +404,61 @@ def test_semi_join_with_forced_hash_collisions_returns_exactly_the_needed_signat
 
     spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
     blocks = random_signature_blocks(4)
-    want = resolve_duplicates(blocks, spec)
-    allk = pa.concat_tables([dedup.bucket_keys(b, spec) for b in blocks])
-    cands = dedup.gather_candidates([dedup.bucket_edges(allk)])
-    real = [dedup.semi_join(b, cands.wanted) for b in blocks]
-    assert sum(r.num_rows for r in real) == cands.nodes.num_rows  # no collision among these keys
+    want = brute_force_drops(blocks, True, RANDOM_NEAR)
+    real = dedup.key_hashes
 
-    def colliding(table: pa.Table) -> np.ndarray:
-        return (table.column("row_index").to_numpy() % 3).astype(np.uint64)
+    def colliding_at_0(table: pa.Table, seed: int = 0) -> np.ndarray:
+        if seed == 0:
+            return (table.column("row_index").to_numpy() % 3).astype(np.uint64)
+        return real(table, seed)
 
-    monkeypatch.setattr(dedup, "key_hashes", colliding)
-    forced = dedup.gather_candidates([dedup.bucket_edges(allk)])
-    assert len(forced.wanted) <= 3
-    rows = pa.concat_tables([dedup.semi_join(b, forced.wanted) for b in blocks])
-    assert rows.num_rows > forced.nodes.num_rows  # extra rows: the colliding keys
-    mh = dedup.node_minhash(forced.nodes, rows)
-    # exactly the candidates' own signatures, in node order
+    monkeypatch.setattr(dedup, "key_hashes", colliding_at_0)
+    links_for, fetch, seeds = _links_and_fetch(blocks, spec)
+    got = dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold)
+    assert seeds == [0, 1]
+    assert [tuple(r.values()) for r in got.to_pylist()] == want
+    assert resolve_duplicates(blocks, spec, partitions=5).equals(got)
+
+    monkeypatch.setattr(dedup, "key_hashes", lambda table, seed=0: np.zeros(table.num_rows, np.uint64))
+    with pytest.raises(RuntimeError, match="collisions"):
+        resolve_duplicates(blocks, spec)
+
+
+def test_a_collision_with_a_record_outside_every_link_is_detected_too(monkeypatch) -> None:
+    """One linked record's hash given to one unlinked record: the semi-join returns both,
+    with different keys; that is a collision (the driver cannot tell which one the links
+    meant), so seed 1 resolves it."""
+    import numpy as np
+
+    from zaya_data.clean import dedup
+    from zaya_data.clean.config import CleanSpec
+
+    spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
+    blocks = random_signature_blocks(6)
+    links_for, fetch, seeds = _links_and_fetch(blocks, spec)
+    want = dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold)
+    linked = dedup.gather_candidates(links_for(0)).nodes
     whole = pa.concat_tables(blocks)
-    by_key = {tuple(r[c] for c in dedup.KEY_COLUMNS): r["minhash"] for r in whole.to_pylist()}
-    expect = [by_key[tuple(r[c] for c in dedup.KEY_COLUMNS)] for r in forced.nodes.to_pylist()]
-    assert mh.tolist() == expect
-    assert resolve_duplicates(blocks, spec).equals(want)
-    assert resolve_duplicates(blocks, spec, partitions=5).equals(want)
+    h0 = dedup.key_hashes(whole)
+    outside = whole.slice(int(np.flatnonzero(~np.isin(h0, linked))[0]), 1)
+    real = dedup.key_hashes
+
+    def one_collision(table: pa.Table, seed: int = 0) -> np.ndarray:
+        h = real(table, seed)
+        if seed == 0:
+            same = np.ones(table.num_rows, dtype=bool)
+            for c in dedup.KEY_COLUMNS:
+                same &= np.array(table.column(c).to_pylist(), dtype=object) == outside.column(c)[0].as_py()
+            h[same] = linked[0]
+        return h
+
+    monkeypatch.setattr(dedup, "key_hashes", one_collision)
+    links_for, fetch, seeds = _links_and_fetch(blocks, spec)
+    with pytest.raises(dedup.KeyHashCollision):
+        rows = pa.concat_tables(fetch(linked, 0))
+        dedup.node_rows(linked, rows)
+    assert dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold).equals(want)
+    assert seeds == [0, 1]
 
 
 def test_semi_join_takes_one_copy_of_a_repeated_block_and_reports_missing_signatures() -> None:
@@ -415,14 +469,42 @@ def test_semi_join_takes_one_copy_of_a_repeated_block_and_reports_missing_signat
 
     spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
     blocks = random_signature_blocks(5)
-    allk = pa.concat_tables([dedup.bucket_keys(b, spec) for b in blocks])
-    cands = dedup.gather_candidates([dedup.bucket_edges(allk)])
-    rows = [dedup.semi_join(b, cands.wanted) for b in blocks]
-    once = dedup.verify_links(cands, rows, RANDOM_NEAR.threshold)
-    assert dedup.verify_links(cands, rows + rows[:2], RANDOM_NEAR.threshold).equals(once)
+    links_for, fetch, _ = _links_and_fetch(blocks, spec)
+    once = dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold)
+    twice = dedup.resolve_candidates(links_for, lambda w, s: fetch(w, s) + fetch(w, s)[:2], RANDOM_NEAR.threshold)
+    assert twice.equals(once)
     with pytest.raises(ValueError, match="no signature found"):
-        dedup.verify_links(cands, rows[1:], RANDOM_NEAR.threshold)
-    assert dedup.semi_join(blocks[0], np.empty(0, np.uint64)).num_rows == 0
+        dedup.resolve_candidates(links_for, lambda w, s: fetch(w, s)[1:], RANDOM_NEAR.threshold)
+    empty = dedup.semi_join(blocks[0], np.empty(0, np.uint64))
+    assert empty.num_rows == 0 and empty.column_names == [*dedup.SIGNATURE_ROWS, dedup.KEY_HASH]
+
+
+def test_partition_links_are_the_distinct_keyed_edges_as_key_hashes() -> None:
+    """`bucket_links` (what a partition sends back: 17 bytes per link) is `bucket_edges`
+    (the keyed reference) with each key replaced by its hash, each distinct link once;
+    and the stats say what the verification saw."""
+    from zaya_data.clean import dedup
+    from zaya_data.clean.config import CleanSpec
+
+    spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
+    blocks = random_signature_blocks(7)
+    allk = pa.concat_tables([dedup.bucket_keys(b, spec) for b in blocks])
+    for seed in (0, 3):
+        links = dedup.bucket_links(allk, seed)
+        assert links.schema.equals(dedup.LINK_SCHEMA)
+        edges = dedup.bucket_edges(allk)
+        side = {s: edges.select([f"{s}_{c}" for c in dedup.KEY_COLUMNS]).rename_columns(dedup.KEY_COLUMNS)
+                for s in "ma"}
+        keyed = set(zip(edges.column("exact").to_pylist(), dedup.key_hashes(side["m"], seed).tolist(),
+                        dedup.key_hashes(side["a"], seed).tolist()))
+        got = list(zip(*(links.column(c).to_pylist() for c in ("exact", "member", "anchor"))))
+        assert len(got) == len(set(got)) and set(got) == keyed
+    stats: dict = {}
+    links_for, fetch, _ = _links_and_fetch(blocks, spec)
+    drops = dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold, stats)
+    assert [tuple(r.values()) for r in drops.to_pylist()] == brute_force_drops(blocks, True, RANDOM_NEAR)
+    assert stats["candidate records"] == stats["signature rows fetched"] > 0
+    assert stats["near links kept"] <= stats["distinct pairs"] <= stats["candidate links"]
 
 
 def test_key_hashes_do_not_depend_on_physical_types_or_chunks() -> None:

@@ -7,25 +7,27 @@ ever meet in one place:
    per record: its key (priority, id, source, file_index, row_index), the xxh3 hash of
    its normalized text (NFKC, lowercase, collapsed whitespace), its MinHash signature and
    the LSH band hashes of that signature.
-2. `bucket_keys` + `bucket_edges`: records sharing an exact hash or a band hash fall in
+2. `bucket_keys` + `bucket_links`: records sharing an exact hash or a band hash fall in
    one bucket; every member of a bucket is linked to the bucket's *anchor*, its smallest
    key. Buckets are independent, so this runs per hash partition: in-process
    (`resolve_duplicates`) or as a Ray Data groupby (`dedup_ray`). A bucket row is only
    (slot, bucket, key), about 50 bytes: each record has 1 + bands of them, and they are
-   what is written, shuffled and read back, so they carry no signature. Exact links
-   are final; band links are *candidates*.
-3. `gather_candidates` + `semi_join` + `verify_links`: the driver deduplicates the
-   candidate pairs and asks every signature block, by a 64-bit hash of the key, for the
-   rows of the records in them (a semi-join: a map where the blocks are; hash
-   collisions only return extra rows, discarded by an exact key match); a near link is
-   kept where the estimated Jaccard similarity of member and anchor (fraction of equal
-   MinHash values) reaches `threshold`. Only candidate records' signatures travel, once
-   each, instead of every record's signature in each of its bucket rows.
-4. `resolve_edges`: union-find over the (few) links; each connected cluster keeps its
+   what is written, shuffled and read back, so they carry no signature. A partition's
+   links come back as 64-bit key hashes (17 bytes each, every distinct link once).
+   Exact links are final; band links are *candidates*.
+3. `resolve_candidates` (`gather_candidates` + `semi_join` + `similar`): the driver
+   deduplicates the candidate pairs and asks every signature block, by key hash, for the
+   rows of the linked records (a semi-join: a map where the blocks are), which bring
+   their keys and MinHash back once each; a near link is kept where the estimated
+   Jaccard similarity of member and anchor (fraction of equal MinHash values) reaches
+   `threshold`. Two keys with one hash are detected there and the resolution runs again
+   with the next hash seed, so the result never depends on the hash.
+4. `_drops`: union-find over the (few) links; each connected cluster keeps its
    smallest key, the **survivor**: the lowest source `priority` (the lead passes the
    source's position in the mixture file), then the smallest id, file and row. Every
    other member is dropped as `exact_duplicate` (its normalized text equals a
-   smaller-keyed record's) or `near_duplicate`, naming the survivor.
+   smaller-keyed record's) or `near_duplicate`, naming the survivor. (`bucket_edges` +
+   `resolve_edges` are the same resolution on full keys: the reference in tests.)
 
 The survivor and the drop list depend only on the set of records, never on batch
 boundaries, batch order or the number of workers.
@@ -245,7 +247,7 @@ def bucket_keys(sigs: pa.Table, spec: CleanSpec) -> pa.Table:
 
     No MinHash: these rows are what gets written, shuffled and read back (1 + bands per
     record), and the signature is needed only for records that share a band bucket with
-    another one; `verify_links` fetches those, once per record. (Carrying the
+    another one; the semi-join fetches those, once per record. (Carrying the
     112-value signature in each of 15 rows made the bucket rows ~7.5 KB per document,
     their memory traffic the scaling bottleneck of the map tasks on 16 cores.)"""
     parts = []
@@ -282,97 +284,140 @@ EDGE_SCHEMA = pa.schema(
         *[pa.field(f"a_{c}", SIGNATURE_SCHEMA.field(c).type) for c in KEY_COLUMNS],
     ]
 )
+# What a bucket partition sends back: each link as the 64-bit key hashes (`key_hashes`
+# with the resolution's seed) of its member and anchor, 17 bytes instead of two keys with
+# their strings. The driver never sorts or compares strings for them: the keys come back
+# once per record with the semi-join (which also proves the hashes collision-free).
+LINK_SCHEMA = pa.schema([pa.field("exact", pa.bool_()), pa.field("member", pa.uint64()), pa.field("anchor", pa.uint64())])
 
 _SORT = [("slot", "ascending"), ("bucket", "ascending")] + [(c, "ascending") for c in KEY_COLUMNS]
 
 
-def bucket_edges(keys: pa.Table) -> pa.Table:
+def bucket_links(keys: pa.Table, seed: int = 0) -> pa.Table:
     """Links (member -> anchor) within every bucket of `keys` (bucket rows, a whole number
-    of buckets: every row of a bucket must be present), EDGE_SCHEMA. Anchor = smallest key
-    in the bucket. `exact` rows (slot 0) are links; the others are near *candidates*, to be
-    kept by `verify_links` only where the estimated Jaccard similarity of member and anchor
-    reaches the threshold (the bucket rows carry no signature to check it here)."""
+    of buckets: every row of a bucket must be present), LINK_SCHEMA, each distinct link
+    once. Anchor = smallest key in the bucket. `exact` rows (slot 0) are links; the others
+    are near *candidates*, kept only where the estimated Jaccard similarity of member and
+    anchor reaches the threshold (checked after the semi-join: bucket rows carry no
+    signature). A reduce step: the sort by key and the hashing run per partition."""
     if keys.num_rows == 0:
-        return EDGE_SCHEMA.empty_table()
+        return LINK_SCHEMA.empty_table()
     keys = keys.sort_by(_SORT)
-    slot = keys.column("slot").to_numpy()
-    bucket = keys.column("bucket").to_numpy()
+    slot = _np(keys.column("slot"))
+    bucket = _np(keys.column("bucket"))
     n = len(slot)
     first = np.ones(n, dtype=bool)
     first[1:] = (slot[1:] != slot[:-1]) | (bucket[1:] != bucket[:-1])
     anchor = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     member = np.flatnonzero(~first)
     if len(member) == 0:
+        return LINK_SCHEMA.empty_table()
+    # hash only the rows of multi-record buckets: most bucket rows are singletons
+    linked = np.union1d(member, anchor[member])
+    h = np.zeros(n, dtype=np.uint64)
+    h[linked] = key_hashes(keys.take(pa.array(linked)), seed)
+    return _distinct_links(slot[member] == 0, h[member], h[anchor[member]])
+
+
+def _distinct_links(exact: np.ndarray, member: np.ndarray, anchor: np.ndarray) -> pa.Table:
+    """LINK_SCHEMA rows, each distinct (exact, member, anchor) once: a pair sharing several
+    bands of one partition is a candidate in each of those buckets."""
+    order = np.lexsort((anchor, member, exact))
+    e, m, a = exact[order], member[order], anchor[order]
+    new = np.ones(len(e), dtype=bool)
+    new[1:] = (e[1:] != e[:-1]) | (m[1:] != m[:-1]) | (a[1:] != a[:-1])
+    return pa.table([pa.array(e[new]), pa.array(m[new]), pa.array(a[new])], schema=LINK_SCHEMA)
+
+
+def bucket_edges(keys: pa.Table) -> pa.Table:
+    """Links within every bucket of `keys` with their full keys (EDGE_SCHEMA), one row per
+    member and bucket: the reference form of `bucket_links` (tests, inspection)."""
+    if keys.num_rows == 0:
         return EDGE_SCHEMA.empty_table()
-    return _links(keys, member, anchor[member], slot[member] == 0)
-
-
-def _links(keys: pa.Table, member: np.ndarray, anchor: np.ndarray, exact: np.ndarray) -> pa.Table:
-    """EDGE_SCHEMA rows: the keys at rows `member` -> the keys at rows `anchor` of `keys`."""
-    cols = {"exact": pa.array(exact, pa.bool_())}
-    m_idx, a_idx = pa.array(member), pa.array(anchor)
-    for c in KEY_COLUMNS:
-        cols[f"m_{c}"] = keys.column(c).take(m_idx)
-    for c in KEY_COLUMNS:
-        cols[f"a_{c}"] = keys.column(c).take(a_idx)
+    keys = keys.sort_by(_SORT)
+    slot, bucket = _np(keys.column("slot")), _np(keys.column("bucket"))
+    n = len(slot)
+    first = np.ones(n, dtype=bool)
+    first[1:] = (slot[1:] != slot[:-1]) | (bucket[1:] != bucket[:-1])
+    anchor = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    member = np.flatnonzero(~first)
+    cols = {"exact": pa.array(slot[member] == 0, pa.bool_())}
+    for side, rows in (("m", member), ("a", anchor[member])):
+        for c in KEY_COLUMNS:
+            cols[f"{side}_{c}"] = keys.column(c).take(pa.array(rows))
     return pa.table(cols, schema=EDGE_SCHEMA)
 
 
-# ---------------------------------------------------------------------------------------
-# candidate verification: a semi-join of the candidates' records against the signatures
-#
-# The candidates come back to one process (the driver): one per record and band bucket
-# it shares with another record. The signatures stay where they are (signature blocks of
-# a Ray dataset, a process pool's files); the driver sends out the 64-bit hashes of the
-# keys it needs and each block returns only its rows with such a hash, so what crosses
-# the network is one signature per candidate record (plus hash collisions, which an
-# exact key match on the driver discards).
+def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column without nulls as one numpy array."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.to_numpy(zero_copy_only=False)
 
-SIGNATURE_ROWS = [*KEY_COLUMNS, "minhash"]  # the columns a semi-join returns
+
+# ---------------------------------------------------------------------------------------
+# candidate verification: a semi-join of the linked records against the signatures
+#
+# The links come back to one process (the driver): one per record, bucket and partition.
+# The signatures stay where they are (signature blocks of a Ray dataset, a process pool's
+# files); the driver sends out the distinct key hashes of the linked records and each
+# block returns only its rows with such a hash: key, MinHash and the hash, once per
+# record. Everything on the driver is then integer work on row numbers: the only strings
+# it handles are the keys of the linked records, sorted once to rank them.
+#
+# Exactness: a hash collision between two linked records, or between a linked record and
+# any other, makes the semi-join return two different keys for one hash. That is checked
+# (`KeyHashCollision`), and the resolution is redone with the next hash seed, so the drop
+# list never depends on the hash.
+
+SIGNATURE_ROWS = [*KEY_COLUMNS, "minhash"]  # the signature columns a semi-join returns
+KEY_HASH = "key_hash"  # and the key hash of each row
+_SEEDS = 8  # hash seeds tried before giving up (each collision has probability ~1e-9)
+
+
+class KeyHashCollision(Exception):
+    """Two different keys share a key hash among the semi-join's rows."""
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """The links of all buckets, on the driver, prepared for verification."""
+    """The links of all buckets, on the driver, as rows of `nodes`."""
 
-    exact: pa.Table  # exact links, EDGE_SCHEMA (kept as they are)
-    nodes: pa.Table  # KEY_COLUMNS of every record of a near candidate pair, once, in key order
-    member: np.ndarray  # int64, per distinct candidate pair: its member's row of `nodes`
+    nodes: np.ndarray  # sorted distinct key hashes of every linked record: what the semi-join asks for
+    exact_member: np.ndarray  # int64 per exact link: its member's row of `nodes`
+    exact_anchor: np.ndarray  # and its anchor's
+    member: np.ndarray  # int64 per distinct near candidate pair: its member's row of `nodes`
     anchor: np.ndarray  # and its anchor's
-    wanted: np.ndarray  # sorted distinct `key_hashes(nodes)`: what the semi-join asks for
+    links: int  # near candidate links received (before the pairs were deduplicated)
 
 
-def gather_candidates(edges: Iterable[pa.Table]) -> Candidates:
-    """Split the links of `bucket_edges` (any number of tables, e.g. one per partition)
-    into exact links and near candidate pairs, the pairs deduplicated: a pair sharing
-    several bands is a candidate in each of those buckets, and its similarity is one."""
-    tables = [t for t in edges if t.num_rows]
-    e = pa.concat_tables(tables).combine_chunks() if tables else EDGE_SCHEMA.empty_table()
-    is_exact = e.column("exact").to_numpy(zero_copy_only=False).astype(bool)
-    near = e.filter(pa.array(~is_exact))
-    exact = e.filter(pa.array(is_exact))
-    k = near.num_rows
-    if k == 0:
+def gather_candidates(links: Iterable[pa.Table]) -> Candidates:
+    """The links of `bucket_links` (any number of tables, e.g. one per partition) as rows
+    of the distinct linked records; near candidate pairs deduplicated (a pair sharing
+    several bands is a candidate in each of those buckets, and its similarity is one)."""
+    tables = [t for t in links if t.num_rows]
+    if not tables:
         none = np.empty(0, dtype=np.int64)
-        return Candidates(exact, KEY_SCHEMA.empty_table(), none, none, np.empty(0, dtype=np.uint64))
-    both = pa.concat_tables([
-        near.select([f"{side}_{c}" for c in KEY_COLUMNS]).rename_columns(KEY_COLUMNS) for side in ("m", "a")
-    ]).combine_chunks()
-    node, nodes = _rank(both)
-    pair = np.unique(node[:k] * nodes.num_rows + node[k:])
-    member, anchor = np.divmod(pair, nodes.num_rows)
-    return Candidates(exact, nodes, member, anchor, np.unique(key_hashes(nodes)))
+        return Candidates(np.empty(0, dtype=np.uint64), none, none, none, none, 0)
+    exact = np.concatenate([_np(t.column("exact")) for t in tables]).astype(bool)
+    m = np.concatenate([_np(t.column("member")) for t in tables])
+    a = np.concatenate([_np(t.column("anchor")) for t in tables])
+    nodes = np.unique(np.concatenate([m, a]))
+    mi, ai = np.searchsorted(nodes, m), np.searchsorted(nodes, a)
+    pair = np.unique(mi[~exact] * len(nodes) + ai[~exact])
+    member, anchor = np.divmod(pair, len(nodes))
+    return Candidates(nodes, mi[exact], ai[exact], member, anchor, int((~exact).sum()))
 
 
-def key_hashes(table: pa.Table) -> np.ndarray:
+def key_hashes(table: pa.Table, seed: int = 0) -> np.ndarray:
     """uint64 hash of each row's key (KEY_COLUMNS), the same for equal keys whatever the
     column's physical type (string or large_string, any integer width), in any process.
-    Not collision-free: a collision makes a semi-join return a row more, never less."""
-    h = np.zeros(table.num_rows, dtype=np.uint64)
+    Not collision-free: a collision makes a semi-join return a row more, never less;
+    another `seed` gives independent hashes."""
+    h = np.full(table.num_rows, seed, dtype=np.uint64)
     for c in KEY_COLUMNS:
         col = table.column(c)
         if pa.types.is_integer(col.type):
-            x = pc.fill_null(col, 0).to_numpy().astype(np.int64).view(np.uint64)
+            x = _np(pc.fill_null(col, 0)).astype(np.int64).view(np.uint64)
         else:
             x = _string_hashes(col)
         with np.errstate(over="ignore"):
@@ -401,76 +446,146 @@ def _string_hashes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return _mix(csum[off[1:] - lo] - csum[off[:-1] - lo] + lens.astype(np.uint64) * _ROLL)
 
 
-def semi_join(sigs: pa.Table, wanted: np.ndarray) -> pa.Table:
-    """The rows of a signature block (SIGNATURE_ROWS columns) whose key hash is in
-    `wanted` (sorted distinct uint64, `Candidates.wanted`). A map step: it runs where the
-    block is."""
+def semi_join(sigs: pa.Table, wanted: np.ndarray, seed: int = 0) -> pa.Table:
+    """The rows of a signature block (SIGNATURE_ROWS columns + KEY_HASH) whose key hash
+    (with `seed`) is in `wanted` (sorted distinct uint64, `Candidates.nodes`). A map step:
+    it runs where the block is."""
     rows = sigs.select(SIGNATURE_ROWS)
     if rows.num_rows == 0 or len(wanted) == 0:
-        return rows.slice(0, 0)
-    h = key_hashes(rows)
-    i = np.minimum(np.searchsorted(wanted, h), len(wanted) - 1)
-    return rows.filter(pa.array(wanted[i] == h))
+        return rows.slice(0, 0).append_column(KEY_HASH, pa.array([], pa.uint64()))
+    h = key_hashes(rows, seed)
+    hit = wanted[np.minimum(np.searchsorted(wanted, h), len(wanted) - 1)] == h
+    return rows.filter(pa.array(hit)).append_column(KEY_HASH, pa.array(h[hit]))
 
 
-def node_minhash(nodes: pa.Table, rows: pa.Table) -> np.ndarray:
-    """(nodes, permutations) uint32: the MinHash of each key of `nodes` (distinct keys),
-    from the semi-join's `rows`, matched on the full key (rows with a colliding hash but
-    another key find no node and are ignored; if a key appears in several rows, its first
-    row counts: keys are unique per record, so those are copies of one record)."""
-    n = nodes.num_rows
-    keys = nodes.select(KEY_COLUMNS)
-    both = pa.concat_tables([keys, rows.select(KEY_COLUMNS).cast(keys.schema)]).combine_chunks()
-    group, unique = _rank(both)
-    row_of_group = np.full(unique.num_rows, rows.num_rows, dtype=np.int64)
-    np.minimum.at(row_of_group, group[n:], np.arange(rows.num_rows, dtype=np.int64))
-    row = row_of_group[group[:n]]
-    if (row == rows.num_rows).any():
-        raise ValueError(f"no signature found for {int((row == rows.num_rows).sum())} of {n} candidate records")
+def node_rows(nodes: np.ndarray, rows: pa.Table) -> np.ndarray:
+    """For each of `nodes` (sorted distinct key hashes), the row of the semi-join's `rows`
+    that holds its record. Several rows for one hash are copies of one record (a block
+    read twice: the first counts) or a collision (different keys: `KeyHashCollision`)."""
+    h = _np(rows.column(KEY_HASH))
+    idx = np.searchsorted(nodes, h)
+    if len(h) and not (nodes[np.minimum(idx, len(nodes) - 1)] == h).all():
+        raise ValueError("semi-join rows with a key hash that was not asked for")
+    order = np.argsort(idx, kind="stable")
+    sidx = idx[order]
+    first = np.ones(len(sidx), dtype=bool)
+    first[1:] = sidx[1:] != sidx[:-1]
+    if int(first.sum()) != len(nodes):
+        raise ValueError(f"no signature found for {len(nodes) - int(first.sum())} of {len(nodes)} candidate records")
+    row = order[first]
+    extra = order[~first]
+    if len(extra) and not _same_keys(rows, extra, row[idx[extra]]):
+        raise KeyHashCollision(f"{len(extra)} signature rows share a key hash with another row")
+    return row
+
+
+def _same_keys(rows: pa.Table, i: np.ndarray, j: np.ndarray) -> bool:
+    """Whether rows i and rows j of `rows` have equal keys (nulls equal to nulls)."""
+    for c in KEY_COLUMNS:
+        x, y = rows.column(c).take(pa.array(i)), rows.column(c).take(pa.array(j))
+        same = pc.or_kleene(pc.equal(x, y), pc.and_(pc.is_null(x), pc.is_null(y)))
+        if not pc.all(pc.fill_null(same, False)).as_py():
+            return False
+    return True
+
+
+def signature_matrix(rows: pa.Table, row: np.ndarray) -> np.ndarray:
+    """(len(row), permutations) uint32: the MinHash of rows `row` of the semi-join's rows."""
     mh = rows.column("minhash").combine_chunks()
-    lens = pc.list_value_length(mh).to_numpy(zero_copy_only=False)
+    lens = _np(pc.list_value_length(mh))
     if len(lens) and lens.min() != lens.max():
         raise ValueError(f"signature rows have MinHash lists of lengths {sorted(set(lens.tolist()))}")
     p = int(lens[0]) if len(lens) else 0
-    return mh.flatten().to_numpy().reshape(rows.num_rows, p)[row]
+    return _np(mh.flatten()).reshape(rows.num_rows, p)[row]
 
 
-def verify_links(cands: Candidates, rows: Iterable[pa.Table], threshold: float) -> pa.Table:
-    """Exact links + the near candidates whose estimated Jaccard similarity (fraction of
-    equal MinHash values) reaches `threshold`, EDGE_SCHEMA; `rows`: the semi-join's
-    results over all signature blocks."""
-    if len(cands.member) == 0:
-        return cands.exact
-    got = [t for t in rows if t.num_rows]
-    if not got:
-        raise ValueError(f"no signature found for any of {cands.nodes.num_rows} candidate records")
-    mh = node_minhash(cands.nodes, pa.concat_tables(got))
-    keep = similar(mh, cands.member, cands.anchor, threshold)
-    near = _links(cands.nodes, cands.member[keep], cands.anchor[keep], np.zeros(int(keep.sum()), dtype=bool))
-    return pa.concat_tables([cands.exact, near])
-
-
-_PAIR_BLOCK = 1 << 16  # pairs compared at once: bounded temporaries (2 x 65536 x 112 x 4 bytes)
+_PAIR_BLOCK = 1 << 13  # pairs compared at once: the two (8192, 112) uint32 gathers stay in L2
 
 
 def similar(mh: np.ndarray, member: np.ndarray, anchor: np.ndarray, threshold: float) -> np.ndarray:
     """Per pair: estimated Jaccard(mh[member], mh[anchor]) >= threshold, the estimate being
-    the mean of the equal-values mask (float64, as the resolution always computed it)."""
+    the fraction of equal values as float64 (count / permutations, as the resolution
+    always computed it), looked up per count instead of divided per pair."""
+    p = mh.shape[1]
+    ok = np.arange(p + 1, dtype=np.float64) / p >= threshold if p else np.zeros(1, dtype=bool)
     keep = np.empty(len(member), dtype=bool)
     for lo in range(0, len(member), _PAIR_BLOCK):
         m, a = member[lo : lo + _PAIR_BLOCK], anchor[lo : lo + _PAIR_BLOCK]
-        keep[lo : lo + _PAIR_BLOCK] = (mh[m] == mh[a]).mean(axis=1) >= threshold
+        keep[lo : lo + _PAIR_BLOCK] = ok[np.count_nonzero(mh[m] == mh[a], axis=1)]
     return keep
 
 
-def resolve_candidates(edges: Iterable[pa.Table], fetch: Callable[[np.ndarray], Iterable[pa.Table]],
-                       threshold: float) -> pa.Table:
-    """Candidate links -> drop list: gather the candidates, `fetch(wanted)` the signature
-    rows of their records (`semi_join` over every signature block, wherever the blocks
-    are), verify, union-find. `fetch` is not called when there is no near candidate."""
-    cands = gather_candidates(edges)
-    rows = fetch(cands.wanted) if len(cands.member) else []
-    return resolve_edges([verify_links(cands, rows, threshold)])
+def resolve_candidates(links_for: Callable[[int], Iterable[pa.Table]],
+                       fetch: Callable[[np.ndarray, int], Iterable[pa.Table]], threshold: float,
+                       stats: dict[str, float] | None = None) -> pa.Table:
+    """Links -> drop list: `links_for(seed)` gives the `bucket_links` of every partition,
+    `fetch(wanted, seed)` the `semi_join` of every signature block (wherever the blocks
+    are); verify the near pairs, union-find. On a key hash collision both are asked again
+    with the next seed. `stats`, when given, receives counts and the verification's
+    seconds (`verify_s`: from the links on the driver to the kept links)."""
+    for seed in range(_SEEDS):
+        links = list(links_for(seed))
+        try:
+            return _resolve_links(links, lambda wanted: fetch(wanted, seed), threshold, stats)
+        except KeyHashCollision:
+            continue
+    raise RuntimeError(f"key hash collisions with {_SEEDS} seeds: the key hash is broken")
+
+
+def _resolve_links(links: list[pa.Table], fetch: Callable[[np.ndarray], Iterable[pa.Table]], threshold: float,
+                   stats: dict[str, float] | None) -> pa.Table:
+    import time
+
+    t0 = time.perf_counter()
+    cands = gather_candidates(links)
+    if len(cands.nodes) == 0:
+        return DROPS_SCHEMA.empty_table()
+    got = [t for t in fetch(cands.nodes) if t.num_rows]
+    if not got:
+        raise ValueError(f"no signature found for any of {len(cands.nodes)} candidate records")
+    rows = pa.concat_tables(got)
+    row = node_rows(cands.nodes, rows)
+    keep = np.zeros(0, dtype=bool)
+    if len(cands.member):
+        keep = similar(signature_matrix(rows, row), cands.member, cands.anchor, threshold)
+    keys = rows.select(KEY_COLUMNS).take(pa.array(row))
+    if stats is not None:
+        stats.update({"candidate links": cands.links, "distinct pairs": len(cands.member),
+                      "candidate records": len(cands.nodes), "signature rows fetched": rows.num_rows,
+                      "near links kept": int(keep.sum()), "exact links": len(cands.exact_member),
+                      "verify_s": time.perf_counter() - t0})
+    u = np.concatenate([cands.exact_member, cands.member[keep]])
+    v = np.concatenate([cands.exact_anchor, cands.anchor[keep]])
+    return _drops(keys, u, v, cands.exact_member)
+
+
+def _drops(keys: pa.Table, u: np.ndarray, v: np.ndarray, exact_members: np.ndarray) -> pa.Table:
+    """Union-find over links u[i]-v[i] between rows of `keys` (distinct keys, any order);
+    the drop list (DROPS_SCHEMA), sorted by key. Each cluster keeps its smallest key; the
+    others are dropped, "exact" when they are in `exact_members` (rows that were the member
+    of an exact link), else "near". Keys are sorted once, here: labels are then ranks in
+    key order, and a cluster's smallest label is its smallest key."""
+    order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in KEY_COLUMNS]).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    ordered = keys.take(pa.array(order))
+    n = ordered.num_rows
+    label = _min_labels(n, rank[u], rank[v])
+    exact = np.zeros(n, dtype=bool)
+    exact[rank[exact_members]] = True
+    drop = np.flatnonzero(label != np.arange(n))
+    rows = ordered.take(pa.array(drop))
+    return pa.table(
+        {
+            "id": rows.column("id"),
+            "source": rows.column("source"),
+            "file_index": rows.column("file_index"),
+            "row_index": rows.column("row_index"),
+            "reason": pc.if_else(pa.array(exact[drop], pa.bool_()), EXACT, NEAR),
+            "survivor_id": ordered.column("id").take(pa.array(label[drop])),
+        },
+        schema=DROPS_SCHEMA,
+    )
 
 
 def _rank(keys: pa.Table) -> tuple[np.ndarray, pa.Table]:
@@ -483,23 +598,17 @@ def _rank(keys: pa.Table) -> tuple[np.ndarray, pa.Table]:
     new_key[0] = True
     for c in KEY_COLUMNS:
         col = ordered.column(c).combine_chunks()
-        new_key[1:] |= pc.not_equal(col.slice(1), col.slice(0, m - 1)).to_numpy(zero_copy_only=False)
+        new_key[1:] |= _np(pc.not_equal(col.slice(1), col.slice(0, m - 1)))
     node = np.empty(m, dtype=np.int64)
     node[order] = np.cumsum(new_key) - 1
     return node, ordered.filter(pa.array(new_key))
 
 
 def resolve_edges(edges: Iterable[pa.Table]) -> pa.Table:
-    """Union-find over links; returns the drop list (DROPS_SCHEMA), sorted by key. Each
-    cluster keeps its smallest key (KEY_COLUMNS order); the others are dropped, "exact"
-    when they were the member of an exact link, else "near". Depends only on the set of
-    links (not their order or repeats).
-
-    Vectorized, because it is the one step of a build's dedup that runs in one process:
-    keys become their ranks in key order (one Arrow sort), and clusters are found by
-    min-label hooking with pointer jumping over the rank arrays; a cluster's label ends as
-    its smallest rank, which is its smallest key.
-    """
+    """Union-find over links with their full keys (EDGE_SCHEMA); returns the drop list
+    (DROPS_SCHEMA), sorted by key, as `_drops` gives it. Depends only on the set of links
+    (not their order or repeats). The keyed reference of `resolve_candidates`, which gets
+    its keys from the semi-join instead."""
     tables = [t for t in edges if t.num_rows]
     if not tables:
         return DROPS_SCHEMA.empty_table()
@@ -510,22 +619,7 @@ def resolve_edges(edges: Iterable[pa.Table]) -> pa.Table:
     ]).combine_chunks()
     node, unique = _rank(both)
     u, v = node[:n], node[n:]
-    label = _min_labels(unique.num_rows, u, v)
-    exact = np.zeros(unique.num_rows, dtype=bool)
-    exact[u[e.column("exact").to_numpy(zero_copy_only=False)]] = True
-    drop = np.flatnonzero(label != np.arange(unique.num_rows))
-    rows = unique.take(pa.array(drop))
-    return pa.table(
-        {
-            "id": rows.column("id"),
-            "source": rows.column("source"),
-            "file_index": rows.column("file_index"),
-            "row_index": rows.column("row_index"),
-            "reason": pa.array(np.where(exact[drop], EXACT, NEAR).tolist(), pa.string()),
-            "survivor_id": unique.column("id").take(pa.array(label[drop])),
-        },
-        schema=DROPS_SCHEMA,
-    )
+    return _drops(unique, u, v, u[_np(e.column("exact")).astype(bool)])
 
 
 def _min_labels(num_nodes: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -555,18 +649,18 @@ def resolve_duplicates(signature_tables: Iterable[pa.Table], spec: CleanSpec, pa
     """In-process resolution of all signatures of a build -> drop list (DROPS_SCHEMA).
     `partitions` > 1 resolves hash partitions of the buckets one at a time (bounded
     memory for the bucket sort); the result is the same for any value. The signature
-    tables are held (read twice: bucket rows, then the semi-join of the candidates)."""
+    tables are held (read twice: bucket rows, then the semi-join of the linked records)."""
     sigs = [t for t in signature_tables if t.num_rows]
     keys = [k for k in (bucket_keys(t, spec) for t in sigs) if k.num_rows]
     if not keys:
         return DROPS_SCHEMA.empty_table()
     allk = pa.concat_tables(keys)
-    if partitions <= 1:
-        edges: Iterable[pa.Table] = [bucket_edges(allk)]
-    else:
+    parts = [allk]
+    if partitions > 1:
         part = partition_of(allk, partitions)
-        edges = (bucket_edges(allk.filter(pc.equal(part, p))) for p in range(partitions))
-    return resolve_candidates(edges, lambda wanted: [semi_join(t, wanted) for t in sigs], threshold_of(spec))
+        parts = [allk.filter(pc.equal(part, p)) for p in range(partitions)]
+    return resolve_candidates(lambda seed: [bucket_links(k, seed) for k in parts],
+                              lambda wanted, seed: [semi_join(t, wanted, seed) for t in sigs], threshold_of(spec))
 
 
 def partition_of(keys: pa.Table, partitions: int) -> pa.Array:

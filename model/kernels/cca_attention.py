@@ -80,12 +80,14 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    HEADS_FIRST: tl.constexpr, K_ROWS: tl.constexpr,
+    HEADS_FIRST: tl.constexpr, K_ROWS: tl.constexpr, WARP_SPEC: tl.constexpr,
 ):
     # Causal work grows with the query block index: hand out the heaviest blocks first so the
     # short ones fill the tail of the schedule. HEADS_FIRST puts the head on the grid's
     # fastest axis, so the heaviest block of *every* head goes first (and the query heads
-    # sharing a kv head read the same K/V blocks at about the same time, from L2).
+    # sharing a kv head read the same K/V blocks at about the same time, from L2). WARP_SPEC
+    # asks Triton to warp-specialize the unmasked middle loop (producer warps load K/V while
+    # consumer warps run the MMAs), where the compiler supports it.
     if HEADS_FIRST:
         head = tl.program_id(0)
         pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -134,7 +136,7 @@ def _prefill_kernel(
     for j in range(j_lo, b):
         acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N, k_len,
                                       q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
-    for j in range(b, c):
+    for j in tl.range(b, c, warp_specialize=WARP_SPEC):
         acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N, k_len,
                                       q_pos, qk_scale, offs_n0, offs_d, WINDOW, False, PRECISION, K_ROWS)
     for j in range(c, j_hi):
@@ -204,7 +206,7 @@ def cca_prefill_attention(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=d, WINDOW=int(sliding_window or 0),
         BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(q.dtype),
-        HEADS_FIRST=bool(cfg.heads_first), K_ROWS=bool(cfg.k_rows), num_warps=warps, num_stages=stages,
+        HEADS_FIRST=bool(cfg.heads_first), K_ROWS=bool(cfg.k_rows), WARP_SPEC=bool(cfg.warp_spec), num_warps=warps, num_stages=stages,
     )
     return out
 

@@ -146,8 +146,9 @@ def test_prefill_attention_packed_varlen_causal(dtype: torch.dtype, window: int 
 
 
 @pytest.mark.parametrize("variant", [{"heads_first": 0, "k_rows": 0}, {"heads_first": 1}, {"k_rows": 1},
-                                     {"heads_first": 1, "k_rows": 1}, {"warp_spec": 1}],
-                         ids=["plain", "heads-first", "k-rows", "both", "warp-specialized"])
+                                     {"heads_first": 1, "k_rows": 1}, {"warp_spec": 1}, {"tma": 1},
+                                     {"tma": 1, "heads_first": 1, "warp_spec": 1}],
+                         ids=["plain", "heads-first", "k-rows", "both", "warp-specialized", "tma", "tma-ws"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_prefill_attention_variants(dtype: torch.dtype, variant: dict[str, int], tmp_path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,6 +161,10 @@ def test_prefill_attention_variants(dtype: torch.dtype, variant: dict[str, int],
     g = _gen(17)
     lens = [1, 17, 130, 67, 200] if _HAS_GPU else [1, 17, 70]
     q, k, v, cu, _ = _qkv(lens, lens, dtype, g)
+    if variant.get("tma"):
+        from model.kernels.cca_attention import _tma_ready
+
+        assert _tma_ready(q, k, v), "the descriptor path must be the one under test"
     for window in (None, 33):
         out = cca_prefill_attention(q, k, v, cu, max_seqlen_q=max(lens), sliding_window=window)
         expect = ref.cca_prefill_attention(_d(q), _d(k), _d(v), cu, sliding_window=window)

@@ -75,19 +75,52 @@ def _prefill_step(
 
 
 @triton.jit
+def _prefill_step_tma(
+    acc, m_i, l_i, q, K, V, row0, kv_head, start_n, k_len, q_pos, qk_scale, offs_n0,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, MASKED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # K and V blocks through the tensor memory accelerator (descriptors over [T, H * D]):
+    # one asynchronous bulk copy per block instead of per-thread address arithmetic and
+    # loads, which leaves registers to the MMAs. Rows past the packed tensor read as zero;
+    # rows of the next sequence are masked out like any key past k_len.
+    k = K.load([row0 + start_n, kv_head * HEAD_DIM])
+    v = V.load([row0 + start_n, kv_head * HEAD_DIM])
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if MASKED:
+        offs_n = start_n + offs_n0
+        allowed = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] < k_len)
+        if WINDOW > 0:
+            allowed = allowed & (offs_n[None, :] > q_pos[:, None] - WINDOW)
+        s = tl.where(allowed, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+    if MASKED:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    p = tl.math.exp2(s * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _prefill_kernel(
     Q, K, V, O, CU_Q, CU_K, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    HEADS_FIRST: tl.constexpr, K_ROWS: tl.constexpr, WARP_SPEC: tl.constexpr,
+    HEADS_FIRST: tl.constexpr, K_ROWS: tl.constexpr, WARP_SPEC: tl.constexpr, TMA: tl.constexpr,
 ):
     # Causal work grows with the query block index: hand out the heaviest blocks first so the
     # short ones fill the tail of the schedule. HEADS_FIRST puts the head on the grid's
     # fastest axis, so the heaviest block of *every* head goes first (and the query heads
     # sharing a kv head read the same K/V blocks at about the same time, from L2). WARP_SPEC
     # asks Triton to warp-specialize the unmasked middle loop (producer warps load K/V while
-    # consumer warps run the MMAs), where the compiler supports it.
+    # consumer warps run the MMAs), where the compiler supports it. TMA: K, Q and V are
+    # tensor descriptors (`_prefill_step_tma`); O stays a pointer (a masked store: the rows
+    # past q_len belong to the next sequence).
     if HEADS_FIRST:
         head = tl.program_id(0)
         pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -108,13 +141,16 @@ def _prefill_kernel(
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     q_rows = (q_start + offs_m).to(tl.int64)
-    q = tl.load(
-        Q + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-        mask=(offs_m < q_len)[:, None], other=0.0,
-    )
     q_pos = offs_m + shift
-    k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh
-    v_base = V + k_start.to(tl.int64) * stride_vt + kv_head * stride_vh
+    if TMA:
+        q = Q.load([q_start + pid_m * BLOCK_M, head * HEAD_DIM])
+    else:
+        q = tl.load(
+            Q + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+            mask=(offs_m < q_len)[:, None], other=0.0,
+        )
+        k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh
+        v_base = V + k_start.to(tl.int64) * stride_vt + kv_head * stride_vh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -133,15 +169,26 @@ def _prefill_kernel(
     # Three ranges: masked window edge [a, b), unmasked middle [b, c), masked diagonal [c, j_hi).
     b = tl.minimum(tl.maximum(j_full_lo, j_lo), j_hi)
     c = tl.minimum(tl.maximum(j_full_hi, b), j_hi)
-    for j in range(j_lo, b):
-        acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N, k_len,
-                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
-    for j in tl.range(b, c, warp_specialize=WARP_SPEC):
-        acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N, k_len,
-                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, False, PRECISION, K_ROWS)
-    for j in range(c, j_hi):
-        acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N, k_len,
-                                      q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
+    if TMA:
+        for j in range(j_lo, b):
+            acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, K, V, k_start, kv_head, j * BLOCK_N, k_len, q_pos,
+                                              qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, True, PRECISION)
+        for j in tl.range(b, c, warp_specialize=WARP_SPEC):
+            acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, K, V, k_start, kv_head, j * BLOCK_N, k_len, q_pos,
+                                              qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, False, PRECISION)
+        for j in range(c, j_hi):
+            acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, K, V, k_start, kv_head, j * BLOCK_N, k_len, q_pos,
+                                              qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, True, PRECISION)
+    else:
+        for j in range(j_lo, b):
+            acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N,
+                                          k_len, q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
+        for j in tl.range(b, c, warp_specialize=WARP_SPEC):
+            acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N,
+                                          k_len, q_pos, qk_scale, offs_n0, offs_d, WINDOW, False, PRECISION, K_ROWS)
+        for j in range(c, j_hi):
+            acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N,
+                                          k_len, q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -168,6 +215,25 @@ def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("q, k, v need unit stride in the head dimension")
     return hq // hk
+
+
+def _tma_ready(*ts: torch.Tensor) -> bool:
+    """Whether tensor descriptors can address these [T, H, D] tensors as [T, H * D] (heads
+    adjacent): a device with a TMA unit (NVIDIA compute capability 9+; the interpreter
+    emulates one) and 16-byte aligned bases and token strides, as the copy engine requires.
+    Otherwise the pointer path runs."""
+    dev = ts[0].device
+    if dev.type == "cuda" and (torch.version.hip is not None or torch.cuda.get_device_capability(dev)[0] < 9):
+        return False
+    return all(t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+               for t in ts)
+
+
+def _descriptor(t: torch.Tensor, rows: int):
+    """A tensor descriptor over [T, H * D] that loads blocks of `rows` tokens of one head."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(t, [t.shape[0], t.shape[1] * t.shape[2]], [t.stride(0), 1], [rows, t.shape[2]])
 
 
 def cca_prefill_attention(
@@ -201,12 +267,17 @@ def cca_prefill_attention(
         block_m, block_n, stages = min(block_m, 64), min(block_n, 32), min(stages, 2)
     blocks = triton.cdiv(max_seqlen_q, block_m)
     grid = (q.shape[1], blocks, num_seqs) if cfg.heads_first else (blocks, q.shape[1], num_seqs)
+    qa, ka, va = q, k, v
+    tma = bool(cfg.tma) and _tma_ready(q, k, v)
+    if tma:
+        qa, ka, va = _descriptor(q, block_m), _descriptor(k, block_n), _descriptor(v, block_n)
     _prefill_kernel[grid](
-        q, k, v, out, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), scale * _LOG2E,
+        qa, ka, va, out, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), scale * _LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=d, WINDOW=int(sliding_window or 0),
         BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(q.dtype),
-        HEADS_FIRST=bool(cfg.heads_first), K_ROWS=bool(cfg.k_rows), WARP_SPEC=bool(cfg.warp_spec), num_warps=warps, num_stages=stages,
+        HEADS_FIRST=bool(cfg.heads_first), K_ROWS=bool(cfg.k_rows), WARP_SPEC=bool(cfg.warp_spec), TMA=tma,
+        num_warps=warps, num_stages=stages,
     )
     return out
 

@@ -47,6 +47,7 @@ class KernelConfig:
     heads_first: int = 0
     k_rows: int = 0
     warp_spec: int = 0  # prefill_attention: 1 = warp-specialized middle loop (tl.range)
+    tma: int = 0  # prefill_attention: 1 = Q/K/V through tensor descriptors (Hopper's TMA)
 
 
 # Per-kernel entries. Keys are used by the launchers in this package:
@@ -167,7 +168,7 @@ def _resolved(kernel: str, name: str, override_path: str) -> KernelConfig:
     return replace(table[kernel], **override) if override else table[kernel]
 
 
-_FLAGS = frozenset({"swap_ab", "heads_first", "k_rows", "warp_spec"})  # the 0/1 fields
+_FLAGS = frozenset({"swap_ab", "heads_first", "k_rows", "warp_spec", "tma"})  # the 0/1 fields
 
 
 @lru_cache(maxsize=None)

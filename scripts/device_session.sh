@@ -13,7 +13,8 @@
 #             (ZAYA_KERNEL_TUNING)
 #   gputests  the GPU tests of the slot-indexed conv, the sampler, the fused q/k epilogue, MoE
 #             (the engine's own tests run in the engine step; ZAYA_FUSED_QK=0 in the environment
-#             runs the engine step with the PyTorch q/k composition instead of the fused kernel)
+#             runs the engine step with the PyTorch q/k composition instead of the fused kernel;
+#             GPUTESTS_K narrows the selection)
 #   prefill   scripts/tune_prefill.py: CCA prefill tiles and variants vs SDPA (MHA16, GQA) at 4K-32K
 #             (not exported: a winner goes into model/kernels/tuning.py by hand, with its numbers)
 #   sampler   scripts/bench_sampler.py (fused Gumbel sampler vs the PyTorch path)
@@ -66,7 +67,7 @@ for step in ${STEPS:-model kernels rsa}; do
              [ -f "$R/tune/tuning.json" ] && export ZAYA_KERNEL_TUNING="$R/tune/tuning.json" ;;
     gputests) run_step gputests python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider \
                tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_cca_qk.py tests/test_kernels_gpu.py \
-               -k "conv or moe or sampl or slot or qk or router or prefill" ;;
+               -k "${GPUTESTS_K:-conv or moe or sampl or slot or qk or router or prefill}" ;;
     prefill) run_step prefill python3 scripts/tune_prefill.py --out "$R/prefill" ;;
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
     profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;

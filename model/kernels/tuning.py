@@ -72,15 +72,20 @@ DeviceTable = Mapping[str, KernelConfig]
 _HOPPER: DeviceTable = {
     "rms_norm": KernelConfig(block_n=8192, num_warps=8),
     "rotary": KernelConfig(num_warps=4),
-    # L=16384: 128x128 w8 s3 1063 us; 128x64 w8 s3 1127; 64x64 w4 s3 1085; 128x64 w4 s3 1970
-    "prefill_attention": KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
+    # L=16384: 128x128 w8 s3 1063 us; 128x64 w8 s3 1127; 64x64 w4 s3 1085; 128x64 w4 s3 1970.
+    # H200 2026-12-03 (scripts/tune_prefill.py, one run, L=4K/16K/32K): heads-first + TMA
+    # 141/1113/3977 us against the pointer form's 167/1225/4531 (benchmarks/results/
+    # prefill-2026-12-03-h200.md); the best at 32K by 8%, within noise of the best at 16K.
+    "prefill_attention": KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, heads_first=1, tma=1),
     # block_m: split-K target programs per SM; block_k: fewest tokens per split.
     # Split target 1/2/4/8 were within 3% at B=1 and B=64 (S=4096).
     "decode_attention": KernelConfig(block_m=2, block_n=64, block_k=128, num_warps=4, num_stages=2),
     # B=1: 4 warps 24.0 us, 8 warps 22.8; B=256: 29.2 vs 34.4; block_m=32 spills (154 us)
     "conv_decode": KernelConfig(block_m=16, block_k=128, num_warps=4, num_stages=1),
-    # T=1 / T=256 of 16 experts: 84.0 / 239.8 us, all six candidates within 10%
-    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3),
+    # T=1 / T=256 of 16 experts: 84.0 / 239.8 us, all six candidates within 10%. H200
+    # 2026-12-02 22:40 (scripts/tune_decode.py): swapped 16x64x128 w4 s4 sums 238.3 us over
+    # the sweep's cases against 247.5 for the unswapped 16x64x256 w4 s3
+    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, swap_ab=1),
     # first guess (64-row tiles are the smallest Hopper's warpgroup MMA takes); re-time with
     # scripts/tune_decode.py, whose JSON output ZAYA_KERNEL_TUNING loads
     "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3),

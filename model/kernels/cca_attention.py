@@ -54,6 +54,15 @@ def _prefill_step(
     else:
         v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])
     s = tl.dot(q, k, input_precision=PRECISION)
+    return _online_softmax(acc, m_i, l_i, s, v, offs_n, k_len, q_pos, qk_scale, WINDOW, MASKED, PRECISION)
+
+
+@triton.jit
+def _online_softmax(
+    acc, m_i, l_i, s, v, offs_n, k_len, q_pos, qk_scale, WINDOW: tl.constexpr, MASKED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One key block's scores `s` folded into the running (acc, max, sum)."""
     if MASKED:
         allowed = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] < k_len)
         if WINDOW > 0:
@@ -87,22 +96,8 @@ def _prefill_step_tma(
     k = K.load([row0 + start_n, kv_head * HEAD_DIM])
     v = V.load([row0 + start_n, kv_head * HEAD_DIM])
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    if MASKED:
-        offs_n = start_n + offs_n0
-        allowed = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] < k_len)
-        if WINDOW > 0:
-            allowed = allowed & (offs_n[None, :] > q_pos[:, None] - WINDOW)
-        s = tl.where(allowed, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
-    if MASKED:
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    else:
-        m_use = m_new
-    p = tl.math.exp2(s * qk_scale - m_use[:, None])
-    alpha = tl.math.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc, m_new, l_i
+    return _online_softmax(acc, m_i, l_i, s, v, start_n + offs_n0, k_len, q_pos, qk_scale, WINDOW, MASKED,
+                           PRECISION)
 
 
 @triton.jit

@@ -86,3 +86,24 @@ def test_keep_k_keeps_the_first_k_by_source_priority_then_id_whatever_the_batchi
 def test_keep_all_drops_nothing() -> None:
     qwen, _ = corpus()
     assert resolve_problems([problem_keys(qwen)], ProblemDedupSpec("keep_all", 1)).num_rows == 0
+
+
+def test_problem_dedup_sees_only_the_near_dedup_survivors() -> None:
+    # The build drops near duplicates first; the problem keys of the dropped records leave
+    # by an anti-join on where each record is (source, file, row), checked against a set.
+    from zaya_data.clean.build import _survivors
+
+    prompts = [r["problem"] for r in read_jsonl("qwen25-math-eval/minerva_math.jsonl")[:60]]
+    keys = pa.concat_tables([problem_keys(reasoning_table(prompts, s, f), p)
+                             for p, (s, f) in enumerate([("a", 0), ("a", 1), ("b", 0)])])
+    rng = random.Random(5)
+    gone = keys.take(sorted(rng.sample(range(keys.num_rows), 70))).select(["source", "file_index", "row_index"])
+    kept = _survivors(keys, gone)
+    out = set(zip(gone["source"].to_pylist(), gone["file_index"].to_pylist(), gone["row_index"].to_pylist()))
+    expect = [i for i, k in enumerate(zip(keys["source"].to_pylist(), keys["file_index"].to_pylist(),
+                                          keys["row_index"].to_pylist())) if k not in out]
+    assert kept.schema == keys.schema and kept.num_rows == len(expect) == keys.num_rows - 70
+    assert sorted(kept["id"].to_pylist()) == sorted(keys.take(expect)["id"].to_pylist())
+    spec = ProblemDedupSpec(policy="keep_k", k=1)
+    assert resolve_problems([kept], spec).equals(resolve_problems([keys.take(expect)], spec))
+    assert _survivors(keys, gone.slice(0, 0)).equals(keys)

@@ -469,18 +469,12 @@ def resolve_build_drops(map_records: list[dict[str, Any]], specs: dict[str, Clea
         else:
             drops.append(resolve_duplicates((pq.read_table(p) for p in sorted(paths)), cs))
     near_dropped = pa.concat_tables(drops) if drops else DROPS_SCHEMA.empty_table()
-    gone = set(zip(near_dropped["source"].to_pylist(), near_dropped["file_index"].to_pylist(),
-                   near_dropped["row_index"].to_pylist()))
+    gone = near_dropped.select(_RECORD_AT)
     pgroups: dict[Any, list[pa.Table]] = {}
     for r in map_records:
         s = specs.get(r["source"])
         if r.get("problem_keys") and s is not None and s.problem_dedup is not None:
-            keys = pq.read_table(r["problem_keys"])
-            if gone and keys.num_rows:
-                mask = [k not in gone for k in zip(keys["source"].to_pylist(), keys["file_index"].to_pylist(),
-                                                    keys["row_index"].to_pylist())]
-                keys = keys.filter(pa.array(mask, pa.bool_()))
-            pgroups.setdefault(s.problem_dedup, []).append(keys)
+            pgroups.setdefault(s.problem_dedup, []).append(_survivors(pq.read_table(r["problem_keys"]), gone))
     for pspec, tables in sorted(pgroups.items(), key=lambda kv: repr(kv[0])):
         drops.append(resolve_problems(tables, pspec))
     table = pa.concat_tables(drops) if drops else DROPS_SCHEMA.empty_table()
@@ -488,6 +482,20 @@ def resolve_build_drops(map_records: list[dict[str, Any]], specs: dict[str, Clea
     write_parquet(out, table)
     reasons = table["reason"].to_pylist()
     return {r: reasons.count(r) for r in sorted(set(reasons))}
+
+
+_RECORD_AT = ["source", "file_index", "row_index"]  # where a record is: unique within a build
+
+
+def _survivors(keys: pa.Table, gone: pa.Table) -> pa.Table:
+    """The rows of `keys` whose record is not in `gone` (both with `_RECORD_AT` columns):
+    an Arrow anti-join, not a Python set over every record. Row order is not kept;
+    `resolve_problems` sorts its input."""
+    if gone.num_rows == 0 or keys.num_rows == 0:
+        return keys
+    kept = keys.join(gone.cast(keys.select(_RECORD_AT).schema), keys=_RECORD_AT, join_type="left anti",
+                     use_threads=False)
+    return kept.select(keys.column_names)
 
 
 def _read_signature_files(batch: pa.Table) -> pa.Table:

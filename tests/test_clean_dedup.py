@@ -523,6 +523,8 @@ def test_key_hashes_do_not_depend_on_physical_types_or_chunks() -> None:
 def test_sort_based_unique_equals_numpy_unique() -> None:
     # The driver's candidate gathering replaces np.unique (slow on ~1M 64-bit values) by
     # one sort; same values and inverse, empty and single-element arrays included.
+    import numpy as np
+
     from zaya_data.clean.dedup import _sorted_unique, _unique_inverse
 
     rng = np.random.default_rng(3)

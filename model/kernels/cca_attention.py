@@ -13,6 +13,8 @@ Softmax uses exp2 with the scale folded into log2(e) * scale; statistics are fp3
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import triton
 import triton.language as tl
@@ -212,13 +214,19 @@ def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
     return hq // hk
 
 
+@lru_cache(maxsize=None)
+def _has_tma(device_index: int) -> bool:
+    """NVIDIA compute capability 9+ (cached: this runs on every prefill launch)."""
+    return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
 def _tma_ready(*ts: torch.Tensor) -> bool:
     """Whether tensor descriptors can address these [T, H, D] tensors as [T, H * D] (heads
     adjacent): a device with a TMA unit (NVIDIA compute capability 9+; the interpreter
     emulates one) and 16-byte aligned bases and token strides, as the copy engine requires.
     Otherwise the pointer path runs."""
     dev = ts[0].device
-    if dev.type == "cuda" and (torch.version.hip is not None or torch.cuda.get_device_capability(dev)[0] < 9):
+    if dev.type == "cuda" and not _has_tma(dev.index if dev.index is not None else torch.cuda.current_device()):
         return False
     return all(t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
                for t in ts)

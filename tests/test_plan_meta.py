@@ -94,3 +94,22 @@ def test_resuming_a_work_folder_without_sidecars_writes_the_same_bytes(tmp_path:
     assert main(["build", str(mix), "--out", str(out), "--no-ray", "--quiet"]) == 0
     assert not any(meta_path(p).exists() for p in _parts(out))  # the parts were reused, not redone
     assert _digests(out / "p") == before
+
+
+def test_a_sidecar_that_does_not_describe_its_part_is_not_trusted(tmp_path: Path) -> None:
+    # A sidecar from another part (or a part rewritten outside its job) would shift which
+    # rows the shard workers take; the driver recomputes the metadata from the part instead.
+    out = _build(tmp_path, "out")
+    parts = [p for p in _parts(out) if part_meta(p).num_rows > 1]
+    a, b = parts[0], parts[1]
+    truth = part_meta(a)
+    meta_path(a).write_bytes(meta_path(b).read_bytes())  # another part's rows
+    assert read_part_meta(a).equals(truth)
+    shorter = truth.slice(1)  # the right part's rows, one missing
+    with pa.OSFile(str(meta_path(a)), "wb") as sink, pa.ipc.new_file(sink, shorter.schema) as w:
+        w.write_table(shorter)
+    assert read_part_meta(a).equals(truth)
+    other_schema = truth.drop_columns(["hash"])
+    with pa.OSFile(str(meta_path(a)), "wb") as sink, pa.ipc.new_file(sink, other_schema.schema) as w:
+        w.write_table(other_schema)
+    assert read_part_meta(a).equals(truth)

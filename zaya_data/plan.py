@@ -97,10 +97,19 @@ def write_part_meta(part: str | Path) -> None:
 
 def read_part_meta(part: str | Path) -> pa.Table:
     """The part's ITEM_META: its sidecar, or computed here for a part written without one
-    (a work folder of an older version being resumed). Same rows either way."""
+    (a work folder of an older version being resumed). Same rows either way.
+
+    A sidecar is used only if it describes its part: the same schema and the same ids, row
+    for row (the part is memory-mapped, so its id column costs no decode). One that does
+    not (the part rewritten outside its job, or by another version) would shift which rows
+    the shard workers take; it is ignored and the metadata computed from the part."""
+    from zaya_data.tasks import read_part
+
     path = meta_path(part)
     if path.exists():
-        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().combine_chunks()
+        meta = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().combine_chunks()
+        if meta.schema.equals(ITEM_META) and meta.column("id").equals(read_part(str(part)).column("id")):
+            return meta
     return part_meta(part)
 
 

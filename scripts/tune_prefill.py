@@ -65,10 +65,9 @@ def timed(fn: Callable[[], Any], reps: int) -> float:
     return statistics.median(times)
 
 
-# (heads_first, k_rows, warp_spec, tma): the layouts of the last sweeps, then the
-# warp-specialized and TMA forms (k_rows means nothing with TMA: the descriptor loads rows)
-VARIANTS = [(0, 0, 0, 0), (1, 0, 0, 0), (0, 1, 0, 0), (1, 1, 0, 0), (1, 1, 1, 0), (0, 0, 0, 1), (1, 0, 0, 1),
-            (1, 0, 1, 1)]
+# (heads_first, k_rows, tma): the layouts of the earlier sweeps and the TMA forms (k_rows
+# means nothing with TMA: the descriptor loads rows)
+VARIANTS = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1)]
 
 
 def candidates(incumbent: KernelConfig) -> list[KernelConfig]:
@@ -76,9 +75,8 @@ def candidates(incumbent: KernelConfig) -> list[KernelConfig]:
     tiles = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3)]
     out = [incumbent]
     for bm, bn, w, s in tiles:
-        for hf, kr, ws, tma in VARIANTS:
-            c = KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s, heads_first=hf, k_rows=kr,
-                             warp_spec=ws, tma=tma)
+        for hf, kr, tma in VARIANTS:
+            c = KernelConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s, heads_first=hf, k_rows=kr, tma=tma)
             if c not in out:
                 out.append(c)
     return out
@@ -86,7 +84,7 @@ def candidates(incumbent: KernelConfig) -> list[KernelConfig]:
 
 def label(c: KernelConfig) -> str:
     return (f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}"
-            f"{' heads-first' if c.heads_first else ''}{' k-rows' if c.k_rows else ''}{' ws' if c.warp_spec else ''}{' tma' if c.tma else ''}")
+            f"{' heads-first' if c.heads_first else ''}{' k-rows' if c.k_rows else ''}{' tma' if c.tma else ''}")
 
 
 def main() -> None:
@@ -145,7 +143,7 @@ def main() -> None:
     scored = [c for c in cands if key in results[label(c)]]
     best = min(scored, key=lambda c: results[label(c)][key])
     again = retime(sorted(scored, key=lambda c: results[label(c)][key])[:3], incumbent, lengths, args.reps)
-    keep = {f: getattr(best, f) for f in ("block_m", "block_n", "num_warps", "num_stages", "heads_first", "k_rows", "warp_spec", "tma")}
+    keep = {f: getattr(best, f) for f in ("block_m", "block_n", "num_warps", "num_stages", "heads_first", "k_rows", "tma")}
     (args.out / "prefill.json").write_text(json.dumps({"prefill_attention": keep}, indent=1))
     (args.out / "prefill-sweep.json").write_text(json.dumps({
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "reps": args.reps,

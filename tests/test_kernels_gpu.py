@@ -146,9 +146,8 @@ def test_prefill_attention_packed_varlen_causal(dtype: torch.dtype, window: int 
 
 
 @pytest.mark.parametrize("variant", [{"heads_first": 0, "k_rows": 0}, {"heads_first": 1}, {"k_rows": 1},
-                                     {"heads_first": 1, "k_rows": 1}, {"warp_spec": 1}, {"tma": 1},
-                                     {"tma": 1, "heads_first": 1, "warp_spec": 1}],
-                         ids=["plain", "heads-first", "k-rows", "both", "warp-specialized", "tma", "tma-ws"])
+                                     {"heads_first": 1, "k_rows": 1}, {"tma": 1}, {"tma": 1, "heads_first": 1}],
+                         ids=["plain", "heads-first", "k-rows", "both", "tma", "tma-heads-first"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_prefill_attention_variants(dtype: torch.dtype, variant: dict[str, int], tmp_path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:

@@ -108,16 +108,16 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    HEADS_FIRST: tl.constexpr, K_ROWS: tl.constexpr, WARP_SPEC: tl.constexpr, TMA: tl.constexpr,
+    HEADS_FIRST: tl.constexpr, K_ROWS: tl.constexpr, TMA: tl.constexpr,
 ):
     # Causal work grows with the query block index: hand out the heaviest blocks first so the
     # short ones fill the tail of the schedule. HEADS_FIRST puts the head on the grid's
     # fastest axis, so the heaviest block of *every* head goes first (and the query heads
-    # sharing a kv head read the same K/V blocks at about the same time, from L2). WARP_SPEC
-    # asks Triton to warp-specialize the unmasked middle loop (producer warps load K/V while
-    # consumer warps run the MMAs), where the compiler supports it. TMA: K, Q and V are
-    # tensor descriptors (`_prefill_step_tma`); O stays a pointer (a masked store: the rows
-    # past q_len belong to the next sequence).
+    # sharing a kv head read the same K/V blocks at about the same time, from L2). TMA: Q, K
+    # and V are tensor descriptors (`_prefill_step_tma`); O stays a pointer (a masked store:
+    # the rows past q_len belong to the next sequence). (A warp-specialized middle loop,
+    # `tl.range(..., warp_specialize=True)`, was tried on an H200 with Triton 3.6: no gain,
+    # and 64-row tiles failed to compile; benchmarks/results/prefill-2026-12-03-h200.md.)
     if HEADS_FIRST:
         head = tl.program_id(0)
         pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -170,7 +170,7 @@ def _prefill_kernel(
         for j in range(j_lo, b):
             acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, K, V, k_start, kv_head, j * BLOCK_N, k_len, q_pos,
                                               qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, True, PRECISION)
-        for j in tl.range(b, c, warp_specialize=WARP_SPEC):
+        for j in range(b, c):
             acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, K, V, k_start, kv_head, j * BLOCK_N, k_len, q_pos,
                                               qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, False, PRECISION)
         for j in range(c, j_hi):
@@ -180,7 +180,7 @@ def _prefill_kernel(
         for j in range(j_lo, b):
             acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N,
                                           k_len, q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
-        for j in tl.range(b, c, warp_specialize=WARP_SPEC):
+        for j in range(b, c):
             acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N,
                                           k_len, q_pos, qk_scale, offs_n0, offs_d, WINDOW, False, PRECISION, K_ROWS)
         for j in range(c, j_hi):
@@ -214,6 +214,12 @@ def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
     return hq // hk
 
 
+try:  # host-side tensor descriptors: Triton 3.3+; with an older one the pointer path runs
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover (the pinned Triton has them)
+    TensorDescriptor = None
+
+
 @lru_cache(maxsize=None)
 def _has_tma(device_index: int) -> bool:
     """NVIDIA compute capability 9+ (cached: this runs on every prefill launch)."""
@@ -226,6 +232,8 @@ def _tma_ready(*ts: torch.Tensor) -> bool:
     emulates one) and 16-byte aligned bases and token strides, as the copy engine requires.
     Otherwise the pointer path runs."""
     dev = ts[0].device
+    if TensorDescriptor is None:
+        return False
     if dev.type == "cuda" and not _has_tma(dev.index if dev.index is not None else torch.cuda.current_device()):
         return False
     return all(t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
@@ -234,8 +242,6 @@ def _tma_ready(*ts: torch.Tensor) -> bool:
 
 def _descriptor(t: torch.Tensor, rows: int):
     """A tensor descriptor over [T, H * D] that loads blocks of `rows` tokens of one head."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     return TensorDescriptor(t, [t.shape[0], t.shape[1] * t.shape[2]], [t.stride(0), 1], [rows, t.shape[2]])
 
 
@@ -279,7 +285,7 @@ def cca_prefill_attention(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         GROUP=group, HEAD_DIM=d, WINDOW=int(sliding_window or 0),
         BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(q.dtype),
-        HEADS_FIRST=bool(cfg.heads_first), K_ROWS=bool(cfg.k_rows), WARP_SPEC=bool(cfg.warp_spec), TMA=tma,
+        HEADS_FIRST=bool(cfg.heads_first), K_ROWS=bool(cfg.k_rows), TMA=tma,
         num_warps=warps, num_stages=stages,
     )
     return out

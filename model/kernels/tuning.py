@@ -46,7 +46,6 @@ class KernelConfig:
     # transposed in registers instead of loaded as [D, block_n] (model/kernels/cca_attention.py)
     heads_first: int = 0
     k_rows: int = 0
-    warp_spec: int = 0  # prefill_attention: 1 = warp-specialized middle loop (tl.range)
     tma: int = 0  # prefill_attention: 1 = Q/K/V through tensor descriptors (Hopper's TMA)
 
 
@@ -173,7 +172,7 @@ def _resolved(kernel: str, name: str, override_path: str) -> KernelConfig:
     return replace(table[kernel], **override) if override else table[kernel]
 
 
-_FLAGS = frozenset({"swap_ab", "heads_first", "k_rows", "warp_spec", "tma"})  # the 0/1 fields
+_FLAGS = frozenset({"swap_ab", "heads_first", "k_rows", "tma"})  # the 0/1 fields
 
 
 @lru_cache(maxsize=None)

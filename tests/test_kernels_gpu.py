@@ -161,8 +161,10 @@ def test_prefill_attention_variants(dtype: torch.dtype, variant: dict[str, int],
     lens = [1, 17, 130, 67, 200] if _HAS_GPU else [1, 17, 70]
     q, k, v, cu, _ = _qkv(lens, lens, dtype, g)
     if variant.get("tma"):
-        from model.kernels.cca_attention import _tma_ready
+        from model.kernels.cca_attention import TensorDescriptor, _tma_ready
 
+        if TensorDescriptor is None:
+            pytest.skip("this Triton has no host-side tensor descriptors")
         assert _tma_ready(q, k, v), "the descriptor path must be the one under test"
     for window in (None, 33):
         out = cca_prefill_attention(q, k, v, cu, max_seqlen_q=max(lens), sliding_window=window)

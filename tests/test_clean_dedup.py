@@ -535,3 +535,18 @@ def test_sort_based_unique_equals_numpy_unique() -> None:
             u2, inv2 = _unique_inverse(x)
             assert np.array_equal(u, u2) and np.array_equal(inv.ravel(), inv2)
             assert np.array_equal(_sorted_unique(x), u) and _sorted_unique(x).dtype == x.dtype
+
+
+def test_pair_similarity_is_the_same_on_any_number_of_threads() -> None:
+    import numpy as np
+
+    from zaya_data.clean.dedup import _PAIR_BLOCK, similar
+
+    rng = np.random.default_rng(11)
+    mh = rng.integers(0, 4, (500, 16), dtype=np.uint32)  # few values: similarities spread out
+    n = 3 * _PAIR_BLOCK + 17
+    m, a = rng.integers(0, 500, n), rng.integers(0, 500, n)
+    expect = (mh[m] == mh[a]).mean(axis=1) >= 0.5
+    for threads in (1, 2, 5):
+        assert np.array_equal(similar(mh, m, a, 0.5, threads=threads), expect)
+    assert similar(mh, m[:0], a[:0], 0.5).shape == (0,)

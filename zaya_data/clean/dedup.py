@@ -618,17 +618,44 @@ def signature_matrix(rows: pa.Table, row: np.ndarray) -> np.ndarray:
 _PAIR_BLOCK = 1 << 13  # pairs compared at once: the two (8192, 112) uint32 gathers stay in L2
 
 
-def similar(mh: np.ndarray, member: np.ndarray, anchor: np.ndarray, threshold: float) -> np.ndarray:
+def similar(mh: np.ndarray, member: np.ndarray, anchor: np.ndarray, threshold: float,
+            threads: int | None = None) -> np.ndarray:
     """Per pair: estimated Jaccard(mh[member], mh[anchor]) >= threshold, the estimate being
     the fraction of equal values as float64 (count / permutations, as the resolution
-    always computed it), looked up per count instead of divided per pair."""
+    always computed it), looked up per count instead of divided per pair.
+
+    Blocks of pairs run on `threads` threads (default: the CPUs this process may use, at
+    most 16): numpy's gathers and comparisons release the GIL, and this runs on the driver
+    while the workers wait, in the part of the resolution that is one process. Each block
+    writes its own slice: the result does not depend on the thread count."""
     p = mh.shape[1]
     ok = np.arange(p + 1, dtype=np.float64) / p >= threshold if p else np.zeros(1, dtype=bool)
     keep = np.empty(len(member), dtype=bool)
-    for lo in range(0, len(member), _PAIR_BLOCK):
+
+    def block(lo: int) -> None:
         m, a = member[lo : lo + _PAIR_BLOCK], anchor[lo : lo + _PAIR_BLOCK]
         keep[lo : lo + _PAIR_BLOCK] = ok[np.count_nonzero(mh[m] == mh[a], axis=1)]
+
+    starts = range(0, len(member), _PAIR_BLOCK)
+    n = min(threads or _usable_cpus(), 16, len(starts))
+    if n <= 1:
+        for lo in starts:
+            block(lo)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(block, starts))
     return keep
+
+
+def _usable_cpus() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def resolve_candidates(links_for: Callable[[int], Iterable[pa.Table]],

@@ -38,6 +38,7 @@ writes one ledger entry per record (stage `dedup`, counted per source).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Callable, Iterable
@@ -99,25 +100,25 @@ _ASCII_SPACES = bytes(c if c >= 0x80 or chr(c).isalnum() or c == ord("_") else 0
 _MAX_REPLACES = 16  # more distinct non-ASCII non-word characters in a text: one str.translate
 
 
+_SPLITMIX = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))  # then a final >> 31
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer: spreads the bits of a rolling hash (uint64, wrapping)."""
-    with np.errstate(over="ignore"):
-        h = h ^ (h >> np.uint64(30))
-        h = h * np.uint64(0xBF58476D1CE4E5B9)
-        h = h ^ (h >> np.uint64(27))
-        h = h * np.uint64(0x94D049BB133111EB)
-        return h ^ (h >> np.uint64(31))
+    """splitmix64 finalizer: spreads the bits of a rolling hash (uint64, wrapping); `h`
+    is left as it was."""
+    out = np.array(h, dtype=np.uint64)  # a copy, any shape
+    return _mix_inplace(out.reshape(-1)).reshape(out.shape)
 
 
 def _mix_inplace(h: np.ndarray) -> np.ndarray:
-    """`_mix` overwriting `h` (1-D uint64), in L2-sized pieces with one scratch piece
-    (`_mix` makes a whole-array temporary per step): a long array is read and written once."""
+    """`_mix` overwriting `h` (1-D uint64), in L2-sized pieces with one scratch piece: a
+    long array is read and written once."""
     step = _SHINGLE_BLOCK * _PERM_SLICE
     tmp = np.empty(min(len(h), step), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for lo in range(0, len(h), step):
             x, t = h[lo : lo + step], tmp[: min(step, len(h) - lo)]
-            for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            for shift, mult in _SPLITMIX:
                 np.right_shift(x, np.uint64(shift), out=t)
                 np.bitwise_xor(x, t, out=x)
                 np.multiply(x, np.uint64(mult), out=x)
@@ -389,26 +390,30 @@ def bucket_links(keys: pa.Table, seed: int = 0) -> pa.Table:
     are near *candidates*, kept only where the estimated Jaccard similarity of member and
     anchor reaches the threshold (checked after the semi-join: bucket rows carry no
     signature). A reduce step: the sort by key and the hashing run per partition."""
-    if keys.num_rows == 0:
+    keys, slot, member, anchor = _bucket_members(keys)
+    if len(member) == 0:
         return LINK_SCHEMA.empty_table()
+    # hash only the rows of multi-record buckets: most bucket rows are singletons
+    mark = np.zeros(keys.num_rows, dtype=bool)
+    mark[member] = True
+    mark[anchor] = True
+    linked = np.flatnonzero(mark)
+    h = np.zeros(keys.num_rows, dtype=np.uint64)
+    h[linked] = key_hashes(keys.take(pa.array(linked)), seed)
+    return _distinct_links(slot[member] == 0, h[member], h[anchor])
+
+
+def _bucket_members(keys: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """`keys` sorted by (slot, bucket, key), its slots, and for every row that is not its
+    bucket's first (the members) the row of that first one (the anchor, smallest key)."""
     keys = keys.sort_by(_SORT)
-    slot = _np(keys.column("slot"))
-    bucket = _np(keys.column("bucket"))
+    slot, bucket = _np(keys.column("slot")), _np(keys.column("bucket"))
     n = len(slot)
     first = np.ones(n, dtype=bool)
     first[1:] = (slot[1:] != slot[:-1]) | (bucket[1:] != bucket[:-1])
     anchor = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     member = np.flatnonzero(~first)
-    if len(member) == 0:
-        return LINK_SCHEMA.empty_table()
-    # hash only the rows of multi-record buckets: most bucket rows are singletons
-    mark = np.zeros(n, dtype=bool)
-    mark[member] = True
-    mark[anchor[member]] = True
-    linked = np.flatnonzero(mark)
-    h = np.zeros(n, dtype=np.uint64)
-    h[linked] = key_hashes(keys.take(pa.array(linked)), seed)
-    return _distinct_links(slot[member] == 0, h[member], h[anchor[member]])
+    return keys, slot, member, anchor[member]
 
 
 def _distinct_links(exact: np.ndarray, member: np.ndarray, anchor: np.ndarray) -> pa.Table:
@@ -426,15 +431,9 @@ def bucket_edges(keys: pa.Table) -> pa.Table:
     member and bucket: the reference form of `bucket_links` (tests, inspection)."""
     if keys.num_rows == 0:
         return EDGE_SCHEMA.empty_table()
-    keys = keys.sort_by(_SORT)
-    slot, bucket = _np(keys.column("slot")), _np(keys.column("bucket"))
-    n = len(slot)
-    first = np.ones(n, dtype=bool)
-    first[1:] = (slot[1:] != slot[:-1]) | (bucket[1:] != bucket[:-1])
-    anchor = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    member = np.flatnonzero(~first)
+    keys, slot, member, anchor = _bucket_members(keys)
     cols = {"exact": pa.array(slot[member] == 0, pa.bool_())}
-    for side, rows in (("m", member), ("a", anchor[member])):
+    for side, rows in (("m", member), ("a", anchor)):
         for c in KEY_COLUMNS:
             cols[f"{side}_{c}"] = keys.column(c).take(pa.array(rows))
     return pa.table(cols, schema=EDGE_SCHEMA)
@@ -677,8 +676,6 @@ def resolve_candidates(links_for: Callable[[int], Iterable[pa.Table]],
 
 def _resolve_links(links: list[pa.Table], fetch: Callable[[np.ndarray], Iterable[pa.Table]], threshold: float,
                    stats: dict[str, float] | None) -> pa.Table:
-    import time
-
     t0 = time.perf_counter()
     cands = gather_candidates(links)
     if len(cands.nodes) == 0:

@@ -103,6 +103,23 @@ def _prefill_step_tma(
 
 
 @triton.jit
+def _prefill_block(
+    acc, m_i, l_i, q, k_src, v_src, k_start, kv_head, stride_kt, stride_vt, start_n, k_len, q_pos, qk_scale,
+    offs_n0, offs_d, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, MASKED: tl.constexpr,
+    PRECISION: tl.constexpr, K_ROWS: tl.constexpr, TMA: tl.constexpr,
+):
+    """One key block, loaded through descriptors (TMA: `k_src`, `v_src` are K and V) or
+    pointers (`k_src`, `v_src` point at the sequence's first key of the kv head)."""
+    if TMA:
+        acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, k_src, v_src, k_start, kv_head, start_n, k_len, q_pos,
+                                          qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, MASKED, PRECISION)
+    else:
+        acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_src, v_src, stride_kt, stride_vt, start_n, k_len, q_pos,
+                                      qk_scale, offs_n0, offs_d, WINDOW, MASKED, PRECISION, K_ROWS)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _prefill_kernel(
     Q, K, V, O, CU_Q, CU_K, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -141,13 +158,14 @@ def _prefill_kernel(
     q_pos = offs_m + shift
     if TMA:
         q = Q.load([q_start + pid_m * BLOCK_M, head * HEAD_DIM])
+        k_src, v_src = K, V
     else:
         q = tl.load(
             Q + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
             mask=(offs_m < q_len)[:, None], other=0.0,
         )
-        k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh
-        v_base = V + k_start.to(tl.int64) * stride_vt + kv_head * stride_vh
+        k_src = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh
+        v_src = V + k_start.to(tl.int64) * stride_vt + kv_head * stride_vh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -166,26 +184,18 @@ def _prefill_kernel(
     # Three ranges: masked window edge [a, b), unmasked middle [b, c), masked diagonal [c, j_hi).
     b = tl.minimum(tl.maximum(j_full_lo, j_lo), j_hi)
     c = tl.minimum(tl.maximum(j_full_hi, b), j_hi)
-    if TMA:
-        for j in range(j_lo, b):
-            acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, K, V, k_start, kv_head, j * BLOCK_N, k_len, q_pos,
-                                              qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, True, PRECISION)
-        for j in range(b, c):
-            acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, K, V, k_start, kv_head, j * BLOCK_N, k_len, q_pos,
-                                              qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, False, PRECISION)
-        for j in range(c, j_hi):
-            acc, m_i, l_i = _prefill_step_tma(acc, m_i, l_i, q, K, V, k_start, kv_head, j * BLOCK_N, k_len, q_pos,
-                                              qk_scale, offs_n0, BLOCK_N, HEAD_DIM, WINDOW, True, PRECISION)
-    else:
-        for j in range(j_lo, b):
-            acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N,
-                                          k_len, q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
-        for j in range(b, c):
-            acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N,
-                                          k_len, q_pos, qk_scale, offs_n0, offs_d, WINDOW, False, PRECISION, K_ROWS)
-        for j in range(c, j_hi):
-            acc, m_i, l_i = _prefill_step(acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt, j * BLOCK_N,
-                                          k_len, q_pos, qk_scale, offs_n0, offs_d, WINDOW, True, PRECISION, K_ROWS)
+    for j in range(j_lo, b):
+        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, k_src, v_src, k_start, kv_head, stride_kt, stride_vt,
+                                       j * BLOCK_N, k_len, q_pos, qk_scale, offs_n0, offs_d, BLOCK_N, HEAD_DIM,
+                                       WINDOW, True, PRECISION, K_ROWS, TMA)
+    for j in range(b, c):
+        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, k_src, v_src, k_start, kv_head, stride_kt, stride_vt,
+                                       j * BLOCK_N, k_len, q_pos, qk_scale, offs_n0, offs_d, BLOCK_N, HEAD_DIM,
+                                       WINDOW, False, PRECISION, K_ROWS, TMA)
+    for j in range(c, j_hi):
+        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, k_src, v_src, k_start, kv_head, stride_kt, stride_vt,
+                                       j * BLOCK_N, k_len, q_pos, qk_scale, offs_n0, offs_d, BLOCK_N, HEAD_DIM,
+                                       WINDOW, True, PRECISION, K_ROWS, TMA)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]

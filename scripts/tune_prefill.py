@@ -25,8 +25,9 @@ import argparse
 import json
 import statistics
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,40 @@ def label(c: KernelConfig) -> str:
             f"{' heads-first' if c.heads_first else ''}{' k-rows' if c.k_rows else ''}{' tma' if c.tma else ''}")
 
 
+@contextmanager
+def using(config: KernelConfig) -> Iterator[None]:
+    """The device table's prefill entry set to `config` for the block, then restored."""
+    table = tuning._table_for(tuning.device_name(torch.device("cuda")))
+    saved = table["prefill_attention"]
+    table["prefill_attention"] = config  # type: ignore[index]
+    tuning._resolved.cache_clear()
+    try:
+        yield
+    finally:
+        table["prefill_attention"] = saved  # type: ignore[index]
+        tuning._resolved.cache_clear()
+
+
+def inputs(L: int, gen: torch.Generator) -> dict[str, Any]:
+    """One causal sequence of L tokens: our packed q/k/v and cu_seqlens, the same heads in
+    SDPA's layout, and 16-head MHA tensors of the same hidden size."""
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device="cuda", dtype=BF16, generator=gen)
+
+    q, k, v = rnd(L, HQ, D), rnd(L, HK, D), rnd(L, HK, D)
+    return {"q": q, "k": k, "v": v, "cu": torch.tensor([0, L], device="cuda", dtype=torch.int32),
+            "gqa": [t.transpose(0, 1)[None] for t in (q, k, v)], "mha": [rnd(1, 16, L, D) for _ in range(3)]}
+
+
+def baselines(x: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    return {"sdpa-mha16": lambda: F.scaled_dot_product_attention(*x["mha"], is_causal=True),
+            "sdpa-gqa": lambda: F.scaled_dot_product_attention(*x["gqa"], is_causal=True, enable_gqa=True)}
+
+
+def ours(x: dict[str, Any], L: int) -> Callable[[], Any]:
+    return lambda: cca_prefill_attention(x["q"], x["k"], x["v"], x["cu"], max_seqlen_q=L)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for prefill.json and prefill-sweep.json")
@@ -95,54 +130,40 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lengths = [int(x) for x in args.lengths.split(",")]
-    dev = torch.device("cuda")
-    incumbent = kernel_config("prefill_attention", dev)
-    table = tuning._table_for(tuning.device_name(dev))
-    saved = table["prefill_attention"]
+    incumbent = kernel_config("prefill_attention", torch.device("cuda"))
     cands = candidates(incumbent)
     gen = torch.Generator(device="cuda").manual_seed(0)
-
-    def rnd(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device=dev, dtype=BF16, generator=gen)
-
     results: dict[str, dict[int, float]] = {label(c): {} for c in cands}
     base: dict[str, dict[int, float]] = {"sdpa-mha16": {}, "sdpa-gqa": {}}
     errors: dict[str, str] = {}
     for L in lengths:
-        q, k, v = rnd(L, HQ, D), rnd(L, HK, D), rnd(L, HK, D)
-        cu = torch.tensor([0, L], device=dev, dtype=torch.int32)
-        qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k, v))
-        qm, km, vm = rnd(1, 16, L, D), rnd(1, 16, L, D), rnd(1, 16, L, D)
-        base["sdpa-mha16"][L] = timed(lambda: F.scaled_dot_product_attention(qm, km, vm, is_causal=True), args.reps)
-        base["sdpa-gqa"][L] = timed(
-            lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True), args.reps)
+        x = inputs(L, gen)
+        for name, fn in baselines(x).items():
+            base[name][L] = timed(fn, args.reps)
         ref = None
         for c in cands:
             name = label(c)
             if name in errors:
                 continue
-            table["prefill_attention"] = c  # type: ignore[index]
-            tuning._resolved.cache_clear()
             try:
-                out = cca_prefill_attention(q, k, v, cu, max_seqlen_q=L)
-                if ref is None:
-                    ref = out.float()
-                elif not torch.allclose(out.float(), ref, atol=2e-2, rtol=2e-2):
-                    raise AssertionError("differs from the incumbent's output")
-                results[name][L] = timed(lambda: cca_prefill_attention(q, k, v, cu, max_seqlen_q=L), args.reps)
+                with using(c):
+                    out = ours(x, L)()
+                    if ref is None:
+                        ref = out.float()
+                    elif not torch.allclose(out.float(), ref, atol=2e-2, rtol=2e-2):
+                        raise AssertionError("differs from the incumbent's output")
+                    results[name][L] = timed(ours(x, L), args.reps)
             except Exception as exc:  # a variant that does not compile, fit or agree is reported, not fatal
                 errors[name] = f"{type(exc).__name__}: {str(exc)[:100]}"
-            finally:
-                table["prefill_attention"] = saved  # type: ignore[index]
-                tuning._resolved.cache_clear()
             print(f"  L={L:<6} {name:<34} {results[name].get(L, float('nan')):9.1f} us", flush=True)
-        del q, k, v, qm, km, vm, qs, ks, vs
+        del x, ref
         torch.cuda.empty_cache()
 
     key = 16384 if 16384 in lengths else lengths[-1]
     scored = [c for c in cands if key in results[label(c)]]
-    best = min(scored, key=lambda c: results[label(c)][key])
-    again = retime(sorted(scored, key=lambda c: results[label(c)][key])[:3], incumbent, lengths, args.reps)
+    ranked = sorted(scored, key=lambda c: results[label(c)][key])
+    best = ranked[0]
+    again = retime(ranked[:3], incumbent, lengths, args.reps)
     keep = {f: getattr(best, f) for f in ("block_m", "block_n", "num_warps", "num_stages", "heads_first", "k_rows", "tma")}
     (args.out / "prefill.json").write_text(json.dumps({"prefill_attention": keep}, indent=1))
     (args.out / "prefill-sweep.json").write_text(json.dumps({
@@ -154,7 +175,6 @@ def main() -> None:
     print("  " + " ".join(f"{'L=' + str(L):>10}" for L in lengths) + "   candidate / baseline")
     for name, row in base.items():
         print("  " + " ".join(f"{row[L]:10.1f}" for L in lengths) + f"   {name}")
-    ranked = sorted(scored, key=lambda c: results[label(c)][key])
     for c in ranked[:8] + ([incumbent] if incumbent not in ranked[:8] else []):
         row = results[label(c)]
         mark = " (table)" if c == incumbent else ""
@@ -181,33 +201,17 @@ def main() -> None:
 
 def retime(top: list[KernelConfig], incumbent: KernelConfig, lengths: list[int], reps: int) -> dict[str, dict[int, float]]:
     """The baselines, `top` and the table's entry timed once more, interleaved per length."""
-    dev = torch.device("cuda")
-    table = tuning._table_for(tuning.device_name(dev))
-    saved = table["prefill_attention"]
     gen = torch.Generator(device="cuda").manual_seed(1)
-    names = ["sdpa-mha16", "sdpa-gqa"] + [label(c) for c in top] + ([label(incumbent)] if incumbent not in top else [])
-    out: dict[str, dict[int, float]] = {n: {} for n in names}
-    configs = {label(c): c for c in [*top, incumbent]}
+    configs = {label(c): c for c in [*top, *([incumbent] if incumbent not in top else [])]}
+    out: dict[str, dict[int, float]] = {n: {} for n in ["sdpa-mha16", "sdpa-gqa", *configs]}
     for L in lengths:
-        q, k, v = (torch.randn(L, h, D, device=dev, dtype=BF16, generator=gen) for h in (HQ, HK, HK))
-        cu = torch.tensor([0, L], device=dev, dtype=torch.int32)
-        qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k, v))
-        qm, km, vm = (torch.randn(1, 16, L, D, device=dev, dtype=BF16, generator=gen) for _ in range(3))
-        for name in names:
-            if name == "sdpa-mha16":
-                out[name][L] = timed(lambda: F.scaled_dot_product_attention(qm, km, vm, is_causal=True), reps)
-            elif name == "sdpa-gqa":
-                out[name][L] = timed(lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True,
-                                                                             enable_gqa=True), reps)
-            else:
-                table["prefill_attention"] = configs[name]  # type: ignore[index]
-                tuning._resolved.cache_clear()
-                try:
-                    out[name][L] = timed(lambda: cca_prefill_attention(q, k, v, cu, max_seqlen_q=L), reps)
-                finally:
-                    table["prefill_attention"] = saved  # type: ignore[index]
-                    tuning._resolved.cache_clear()
-        del q, k, v, qm, km, vm, qs, ks, vs
+        x = inputs(L, gen)
+        for name, fn in baselines(x).items():
+            out[name][L] = timed(fn, reps)
+        for name, c in configs.items():
+            with using(c):
+                out[name][L] = timed(ours(x, L), reps)
+        del x
         torch.cuda.empty_cache()
     return out
 

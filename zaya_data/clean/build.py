@@ -445,6 +445,9 @@ class CleanPromptWorker(CleanTokenizeWorker):
 # driver: the build-wide drop list
 
 
+_RECORD_AT = ["source", "file_index", "row_index"]  # where a record is: unique within a build
+
+
 def resolve_build_drops(map_records: list[dict[str, Any]], specs: dict[str, CleanSpec], out: Path,
                         use_ray: bool) -> dict[str, int]:
     """Resolve exact/near duplicates (per group of sources sharing one dedup config) and
@@ -478,13 +481,10 @@ def resolve_build_drops(map_records: list[dict[str, Any]], specs: dict[str, Clea
     for pspec, tables in sorted(pgroups.items(), key=lambda kv: repr(kv[0])):
         drops.append(resolve_problems(tables, pspec))
     table = pa.concat_tables(drops) if drops else DROPS_SCHEMA.empty_table()
-    table = table.sort_by([(c, "ascending") for c in ("source", "file_index", "row_index")])
+    table = table.sort_by([(c, "ascending") for c in _RECORD_AT])
     write_parquet(out, table)
     reasons = table["reason"].to_pylist()
     return {r: reasons.count(r) for r in sorted(set(reasons))}
-
-
-_RECORD_AT = ["source", "file_index", "row_index"]  # where a record is: unique within a build
 
 
 def _survivors(keys: pa.Table, gone: pa.Table) -> pa.Table:

@@ -8,8 +8,11 @@
 #   model     tests/test_model_gpu.py (8B bf16 4K prefill + 128 decode, memory; tiny CUDA vs CPU)
 #   kernels   scripts/gpu_kernels.sh --quick (kernel tests vs float64, then timings)
 #   engine    scripts/gpu_engine.sh (engine tests and decode benchmark)
+#   decode    scripts/bench_engine.py at batches $DECODE_BATCHES (64,256), engine only (no tests,
+#             no baselines): the quick check of a kernel or engine change
 #   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
-#   tune      scripts/tune_decode.py: sweep moe_medium/conv_decode; later steps use the winners
+#   tune      scripts/tune_decode.py: sweep the MoE regimes, conv_decode and the router ($TUNE_ONLY
+#             narrows them); later steps use the winners
 #             (ZAYA_KERNEL_TUNING)
 #   gputests  the GPU tests of the slot-indexed conv, the sampler, the fused q/k epilogue, MoE
 #             (the engine's own tests run in the engine step; ZAYA_FUSED_QK=0 in the environment
@@ -48,7 +51,7 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
   python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
 } | tee "$R/machine.txt"
 
-declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [tune]=${TUNE_LIMIT:-120} [gputests]=${GPUTESTS_LIMIT:-150} [sampler]=60 [prefill]=${PREFILL_LIMIT:-150} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
+declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [tune]=${TUNE_LIMIT:-300} [decode]=${DECODE_LIMIT:-150} [gputests]=${GPUTESTS_LIMIT:-150} [sampler]=60 [prefill]=${PREFILL_LIMIT:-150} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
 run_step() {  # name, command...
   local name=$1; shift
   local s=$(date +%s)
@@ -63,13 +66,15 @@ for step in ${STEPS:-model kernels rsa}; do
     engine)  run_step engine env OUT="$R/engine" ENGINE_TEST_TIMEOUT=${ENGINE_TEST_TIMEOUT:-130} \
                ENGINE_BENCH_TIMEOUT=${ENGINE_BENCH_TIMEOUT:-150} \
                bash scripts/gpu_engine.sh --time-budget 110 ${ENGINE_ARGS:-} ;;
-    tune)    run_step tune python3 scripts/tune_decode.py --out "$R/tune"
+    tune)    run_step tune python3 scripts/tune_decode.py --out "$R/tune" ${TUNE_ONLY:+--only "$TUNE_ONLY"}
              [ -f "$R/tune/tuning.json" ] && export ZAYA_KERNEL_TUNING="$R/tune/tuning.json" ;;
     gputests) run_step gputests python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider \
                tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_cca_qk.py tests/test_kernels_gpu.py \
                -k "${GPUTESTS_K:-conv or moe or sampl or slot or qk or router or prefill}" ;;
     prefill) run_step prefill python3 scripts/tune_prefill.py --out "$R/prefill" ;;
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
+    decode)  run_step decode python3 scripts/bench_engine.py --out "$R/decode" --batches "${DECODE_BATCHES:-64,256}" \
+               --baseline-max-batch 0 --eager-max-batch 0 --skip-hf ;;
     profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \
                --max-new-tokens 128 --baseline-prompts 2 --baseline-batch-size 2 ;;

@@ -9,7 +9,9 @@ Cases (8B shapes: 16 experts of 2048 x 2048 SwiGLU, hidden 2048; 10 conv groups 
                candidate's score is the sum of its times over the four cases; candidates
                include the swapped (weights-on-M) kernels;
   moe_small    T=1, 8 (uniform) and 32 (uniform and skewed), the same way;
-  conv_decode  the slot-indexed conv + delayed-value update at B=64 and B=256.
+  conv_decode  the slot-indexed conv + delayed-value update at B=64 and B=256;
+  router       the fused router MLP + top-1 with the depth average (R=256, 17 classes) at
+               T=64 and T=256.
 Each time is the median of CUDA-graph replays with L2 flushed between them (each layer of a
 decode step reads other weights, so the cache is cold). The incumbent (the table's entry) is
 always a candidate, so the written file is never worse than the table on these cases.
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.kernels.cca_conv import cca_conv_value_decode  # noqa: E402
 from model.kernels.moe import moe_top1  # noqa: E402
+from model.kernels.router import router_top1  # noqa: E402
 from model.kernels.tuning import KernelConfig, kernel_config  # noqa: E402
 
 FLUSH = None
@@ -111,7 +114,14 @@ MOE_GRIDS = {
                    KernelConfig(32, 64, 128, 4, 3, swap_ab=1), KernelConfig(32, 128, 128, 4, 3, swap_ab=1),
                    KernelConfig(32, 128, 64, 4, 4, swap_ab=1), KernelConfig(32, 128, 128, 8, 3, swap_ab=1),
                    KernelConfig(64, 128, 64, 4, 3, swap_ab=1), KernelConfig(64, 128, 128, 8, 3, swap_ab=1),
-                   KernelConfig(16, 128, 256, 4, 3, swap_ab=1), KernelConfig(32, 64, 256, 4, 3, swap_ab=1)],
+                   KernelConfig(16, 128, 256, 4, 3, swap_ab=1), KernelConfig(32, 64, 256, 4, 3, swap_ab=1),
+                   # Smaller weight tiles per program: at batch 256 over ~5 experts the 64-wide
+                   # tiles make ~224 programs of 512 KB each, 1.7 waves on 132 SMs (the second
+                   # wave 70% full); narrower tiles cut the last wave's idle share.
+                   KernelConfig(64, 32, 128, 4, 3), KernelConfig(64, 32, 256, 4, 3), KernelConfig(64, 16, 256, 4, 4),
+                   KernelConfig(128, 32, 128, 4, 3), KernelConfig(128, 64, 128, 8, 3),
+                   KernelConfig(64, 64, 128, 4, 3, swap_ab=1), KernelConfig(128, 64, 128, 8, 3, swap_ab=1),
+                   KernelConfig(64, 64, 256, 4, 3, swap_ab=1), KernelConfig(32, 64, 128, 4, 4, swap_ab=1)],
 }
 MOE_TOKENS = {"moe_small": (1, 8, 32), "moe_medium": (64, 256)}
 
@@ -148,29 +158,51 @@ def tune_conv(out: Path) -> tuple[KernelConfig, list[str]]:
                  lambda x: cca_conv_value_decode(x[0], x[1], conv_state, value_state, x[2], dw, db, gw, gb), out)
 
 
+def tune_router(out: Path) -> tuple[KernelConfig, list[str]]:
+    r, classes = 256, 17
+    g = torch.Generator(device="cuda").manual_seed(2)
+
+    def w(*shape: int, scale: float = 0.06) -> torch.Tensor:
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g) * scale
+
+    weights = (w(r, scale=1.0), w(r, r), w(r), w(r, r), w(r), w(classes, r), w(classes, scale=0.01))
+    prev_scale = w(r, scale=0.5)
+    cases = {f"T={t}": (w(t, r, scale=1.0), w(t, r, scale=1.0)) for t in (64, 256)}
+    grid = [KernelConfig(block_m=bm, block_k=bk, num_warps=nw, num_stages=st)
+            for bm in (16, 32) for bk in (32, 64, 128, 256) for nw, st in ((4, 1), (4, 2), (8, 2), (8, 3))]
+    return sweep("router", grid, cases,
+                 lambda c: router_top1(c[0], *weights, 1e-5, prev=c[1], prev_scale=prev_scale), out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/tune"))
+    ap.add_argument("--only", default="moe_medium,moe_small,conv_decode,router",
+                    help="comma-separated regimes to sweep (default: all)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("tune_decode: no CUDA device; nothing to tune")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"# decode kernel sweep on {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    result = {}
-    for regime in ("moe_medium", "moe_small"):
-        moe, moe_lines = tune_moe(args.out, regime)
-        for line in moe_lines:
+    tuners: dict[str, Callable[[], tuple[KernelConfig, list[str]]]] = {
+        "moe_medium": lambda: tune_moe(args.out, "moe_medium"),
+        "moe_small": lambda: tune_moe(args.out, "moe_small"),
+        "conv_decode": lambda: tune_conv(args.out),
+        "router": lambda: tune_router(args.out),
+    }
+    result: dict[str, Any] = {}
+    for regime in args.only.split(","):
+        try:
+            best, lines = tuners[regime]()
+        except Exception as exc:
+            print(f"{regime} sweep failed: {type(exc).__name__}: {exc}")
+            continue
+        for line in lines:
             print(line, flush=True)
-        result[regime] = asdict(moe)
-    try:
-        conv, conv_lines = tune_conv(args.out)
-        for line in conv_lines:
-            print(line, flush=True)
-        result["conv_decode"] = {"block_m": conv.block_m, "block_k": conv.block_k, "num_warps": conv.num_warps}
-    except Exception as exc:
-        print(f"conv sweep failed: {type(exc).__name__}: {exc}")
-    (args.out / "tuning.json").write_text(json.dumps(result, indent=1))
+        result[regime] = asdict(best)
+        # written after every regime, so a sweep cut short by a time limit still leaves its winners
+        (args.out / "tuning.json").write_text(json.dumps(result, indent=1))
     print(f"winners -> {args.out / 'tuning.json'}: {json.dumps(result)}")
     return 0
 

@@ -20,6 +20,7 @@ from model import SamplingParams, generate
 from model.engine import Engine, EngineConfig, SamplingBatch, sample
 from model.engine.graphs import DecodeGraphs, decode_inputs
 from model.engine.pages import PagePool
+from model.engine.sequence import Status
 from model.tiny import build_tiny
 from torch_checks import one_thread  # noqa: F401 (autouse fixture)
 
@@ -213,6 +214,45 @@ def test_a_small_pool_preempts_and_recomputes_without_changing_tokens(model, ref
     assert engine.cache.pages.num_free == 39
 
 
+def test_overlapped_decode_gives_the_synchronous_engines_completions(model) -> None:
+    # With overlap a step launches its decode before the previous step's tokens are applied on
+    # the host: sequences that stopped are computed once more (the row is dropped), new ones join
+    # rows that continue on the device. Seeded sampling, stop tokens, length limits, arrivals at
+    # different steps and an abort in flight must give what the synchronous engine gives.
+    def params(i: int) -> SamplingParams:
+        return SamplingParams(max_new_tokens=12 + 7 * i, temperature=1.0, seed=40 + i,
+                              stop_token_ids=(26860, 30201))  # frequent draws of the tiny model
+
+    def run(overlap: bool) -> tuple[dict[int, tuple], list[bool], dict[str, int]]:
+        engine = Engine(model, dataclasses.replace(SMALL, max_batch_size=4, overlap=overlap))
+        arrivals = {0: [0, 1], 2: [2], 3: [3, 0], 6: [1, 2]}
+        ids, done, lagging = {}, {}, []
+        step, aborted = 0, None
+        while step <= max(arrivals) or engine.has_work:
+            for i in arrivals.get(step, []):
+                ids[engine.add_request(PROMPTS[i], params(len(ids)))] = len(ids)
+            if step == 9:
+                aborted = next(r for r in ids if r not in done)
+                engine.abort(aborted)
+            for rid, c in engine.step():
+                done[ids[rid]] = (c.token_ids, c.finish_reason, c.stop_reason)
+            running = [s for s in engine.scheduler.active if s.status is Status.RUNNING and s.output]
+            # after an overlapped step a decoder's newest token is still on the device, so every
+            # position it has is computed; a synchronous step leaves the newest one to compute
+            lagging += [s.num_computed == s.length for s in running]
+            step += 1
+        assert engine.cache.pages.num_free == engine.cache.pages.capacity
+        return done, lagging, engine.stats()
+
+    sync, sync_lag, sync_stats = run(False)
+    over, over_lag, over_stats = run(True)
+    assert over == sync and len(sync) == 6  # six finished, one aborted
+    assert any(f == "stop" for _, f, _ in sync.values()) and any(f == "length" for _, f, _ in sync.values())
+    assert not any(sync_lag) and any(over_lag)
+    # the same tokens applied, less the aborted request's token that was in flight at the abort
+    assert over_stats["decode_tokens"] == sync_stats["decode_tokens"] - 1
+
+
 def test_max_model_len_ends_a_sequence_with_finish_reason_length(model, reference) -> None:
     engine = Engine(model, EngineConfig(max_batch_size=2, max_num_tokens=16, page_size=4, max_model_len=20))
     out = engine.generate(PROMPTS[:1], GREEDY)[0]
@@ -311,13 +351,18 @@ def test_abort_frees_a_running_request_and_requeues_its_waiting_siblings(model, 
 class EagerBuckets(DecodeGraphs):
     """DecodeGraphs' bucketing and scratch-row padding, with eager calls in place of replays (CPU)."""
 
+    buffers: dict[int, torch.Tensor]
+
     def capture(self) -> None:
         pass
 
-    def run(self, host: torch.Tensor) -> torch.Tensor:
-        bucket = self.bucket_for(host.shape[1])
-        padded = self.pad(host, bucket)
-        return self.runner.decode(decode_inputs(padded), self.splits_for(bucket))[: host.shape[1]]
+    def inputs(self, bucket: int) -> torch.Tensor:
+        if not hasattr(self, "buffers"):
+            self.buffers = {}
+        return self.buffers.setdefault(bucket, torch.zeros(4, bucket, dtype=torch.int64))
+
+    def replay(self, bucket: int) -> torch.Tensor:
+        return self.runner.decode(decode_inputs(self.buffers[bucket]), self.splits_for(bucket))
 
 
 def test_padding_rows_of_a_graph_bucket_leave_the_real_rows_unchanged(model, reference) -> None:

@@ -14,6 +14,16 @@ A step: the scheduler picks decoders and prefill chunks (see scheduler.py), the 
 one packed prefill forward and one decode forward (a CUDA graph when available), the sampler
 draws every row's token on the device, and the host appends tokens and applies the stop rules
 of `model.generate` (stop tokens, stop strings, max_new_tokens, finish reasons).
+
+Decode steps overlap the host with the device: a step launches its decode forward and sampler
+with the previous step's sampled tokens still on the device (they are the new input ids,
+copied on the device), and only then reads those tokens back and applies the stop rules, so
+the host's bookkeeping runs while the GPU computes instead of between its steps. A sequence
+that stopped at step k is therefore computed once more at step k+1, and that row is dropped.
+The tokens, and so the completions, are those of a synchronous engine: each row's inputs,
+positions and noise steps are the same. The host catches up before scheduling (no overlap)
+whenever the next schedule could preempt (too few free pages for every decoder to take one),
+since a preempted sequence's recompute needs all its tokens on the host.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from .runner import ModelRunner, PrefillInputs
 from .sampler import SamplingBatch, sample
 from .scheduler import Scheduler, StepPlan, cdiv
 from .sequence import Sequence, Status, check_stop, completion
+from .transfer import copy_to_device, to_device
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class EngineConfig:
     cuda_graphs: bool = True  # decode through CUDA graphs on CUDA (ignored elsewhere)
     graph_buckets: tuple[int, ...] | None = None  # None: default_buckets(max_batch_size)
     backend: str = "auto"  # "auto" (Triton on GPU, PyTorch on CPU), "triton" or "torch"
+    overlap: bool = True  # apply a decode step's tokens on the host while the next step runs
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_num_tokens", "page_size"):
@@ -58,6 +70,17 @@ class EngineConfig:
 
 
 RequestOutput = tuple[int, Completion]
+
+
+@dataclass
+class _InFlight:
+    """A decode step's sampled tokens, not yet applied on the host."""
+
+    seqs: list[Sequence]
+    tokens: torch.Tensor  # [n] int64 on the device: the next step's input ids
+    host: torch.Tensor  # [n] int64 on the host (pinned on CUDA), filled by an async copy
+    ready: torch.cuda.Event | None  # recorded after that copy (None off CUDA)
+    rows: dict[int, int]  # request id -> row
 
 
 class Engine:
@@ -87,6 +110,11 @@ class Engine:
         self.steps = 0
         self.prefill_tokens = 0  # tokens run through prefill (a shared prompt counts once)
         self.decode_tokens = 0
+        self._in_flight: _InFlight | None = None
+        # two pinned landing buffers for the sampled tokens: one may still be read by the host
+        # (the previous step) while the device copies the current step's tokens into the other
+        pin = self.device.type == "cuda"
+        self._landing = [torch.empty(config.max_batch_size, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self.graphs: DecodeGraphs | None = None
         if config.cuda_graphs and self.device.type == "cuda":
             buckets = config.graph_buckets or default_buckets(config.max_batch_size)
@@ -177,25 +205,59 @@ class Engine:
     # ---- one step -----------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
-        """Run one scheduler step; returns the requests that finished in it (id, Completion)."""
+        """Run one scheduler step; returns the requests that finished in it (id, Completion).
+
+        A request's last token is read back one step after it was sampled (see the module
+        docstring), so it finishes in the step after the one that computed its last token."""
         finished, self._done = self._done, []
+        if self._in_flight is not None and not self._can_overlap():
+            self._apply(self._take_in_flight(), finished)
         plan = self.scheduler.schedule()
         if plan.empty:
+            if self._in_flight is not None:
+                self._apply(self._take_in_flight(), finished)
             return finished
         self.cache.flush()
         self.steps += 1
         sampled: list[tuple[Sequence, int]] = []
         if plan.prefill:
             sampled += self._prefill(plan)
+        previous = self._take_in_flight()
         if plan.decode:
-            sampled += self._decode(plan.decode)
+            self._in_flight = self._launch_decode(plan.decode, previous)
+        if previous is not None:
+            self._apply(previous, finished)
         for seq, tok in sampled:
-            seq.output.append(tok)
-            if check_stop(seq, self.decode_text, self.max_model_len):
-                self.scheduler.finish(seq)
-                del self._seqs[seq.request_id]
-                finished.append((seq.request_id, completion(seq, self.decode_text, seq.params.stop_strings)))
+            self._append(seq, tok, finished)
+        if not self.config.overlap and self._in_flight is not None:
+            self._apply(self._take_in_flight(), finished)
         return finished
+
+    def _can_overlap(self) -> bool:
+        """True when the next schedule cannot preempt: every decoder can take a fresh page."""
+        running = sum(1 for s in self.scheduler.active if s.status is Status.RUNNING)
+        return self.cache.pages.num_free >= running
+
+    def _take_in_flight(self) -> _InFlight | None:
+        flight, self._in_flight = self._in_flight, None
+        return flight
+
+    def _apply(self, flight: _InFlight, finished: list[RequestOutput]) -> None:
+        """Read a decode step's tokens back and apply them (rows of sequences that finished or
+        were aborted since that step was launched are dropped)."""
+        if flight.ready is not None:
+            flight.ready.synchronize()
+        for seq, tok in zip(flight.seqs, flight.host.tolist()):
+            if seq.status is Status.RUNNING:
+                self.decode_tokens += 1
+                self._append(seq, tok, finished)
+
+    def _append(self, seq: Sequence, tok: int, finished: list[RequestOutput]) -> None:
+        seq.output.append(tok)
+        if check_stop(seq, self.decode_text, self.max_model_len):
+            self.scheduler.finish(seq)
+            del self._seqs[seq.request_id]
+            finished.append((seq.request_id, completion(seq, self.decode_text, seq.params.stop_strings)))
 
     def _prefill(self, plan: StepPlan) -> list[tuple[Sequence, int]]:
         inp, completing = self._prefill_inputs(plan.prefill)
@@ -214,25 +276,69 @@ class Engine:
             return []
         return self._sample(logits[[r for _, r in rows]], [s for s, _ in rows])
 
-    def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
-        host = torch.tensor([[s.tokens[-1] for s in seqs], [s.num_computed for s in seqs],
-                             [s.slot for s in seqs], [s.num_computed + 1 for s in seqs]], dtype=torch.int64)
-        if self.graphs is not None and self.graphs.bucket_for(len(seqs)) is not None:
-            logits = self.graphs.run(host)
+    def _launch_decode(self, seqs: list[Sequence], previous: _InFlight | None) -> _InFlight:
+        """Launch one decode forward and the sampler; the tokens stay on the device (read back
+        by `_apply` in the next step). Rows whose input is a token of `previous` take it there."""
+        pending = previous.rows if previous is not None else {}
+        n = len(seqs)
+        host = torch.tensor([[0 if s.request_id in pending else (s.output[-1] if s.output else s.prompt[-1])
+                              for s in seqs],
+                             [s.num_computed for s in seqs], [s.slot for s in seqs],
+                             [s.num_computed + 1 for s in seqs]], dtype=torch.int64)
+        bucket = self.graphs.bucket_for(n) if self.graphs is not None else None
+        if bucket is not None:
+            inputs = self.graphs.inputs(bucket)
+            copy_to_device(inputs, self.graphs.pad(host, bucket))
         else:
-            splits = self._splits(len(seqs), max(s.num_computed + 1 for s in seqs))
-            logits = self.runner.decode(decode_inputs(host.to(self.device)), splits)
+            inputs = to_device(host, self.device)
+        if previous is not None:
+            self._carry_tokens(inputs, seqs, previous)
+        if bucket is not None:
+            logits = self.graphs.replay(bucket)[:n]
+        else:
+            splits = self._splits(n, max(s.num_computed + 1 for s in seqs))
+            logits = self.runner.decode(decode_inputs(inputs), splits)
         for s in seqs:
             s.num_computed += 1
-        self.decode_tokens += len(seqs)
-        return self._sample(logits, seqs)
+        # the noise step of a row is its index in the completion, counting the token in flight
+        steps = [len(s.output) + (s.request_id in pending) for s in seqs]
+        tokens = self._draw(logits, seqs, steps)
+        host_tokens = self._landing[self.steps % 2][:n]
+        ready = None
+        if tokens.is_cuda:
+            host_tokens.copy_(tokens, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        else:
+            host_tokens.copy_(tokens)
+        return _InFlight(seqs, tokens, host_tokens, ready, {s.request_id: i for i, s in enumerate(seqs)})
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+    @staticmethod
+    def _carry_tokens(inputs: torch.Tensor, seqs: list[Sequence], previous: _InFlight) -> None:
+        """Input ids of the rows continuing from `previous`, copied on the device."""
+        if previous.seqs == seqs:  # the steady state: the same sequences in the same rows
+            inputs[0, : len(seqs)].copy_(previous.tokens)
+            return
+        dst, src = [], []
+        for i, s in enumerate(seqs):
+            row = previous.rows.get(s.request_id)
+            if row is not None:
+                dst.append(i)
+                src.append(row)
+        if not dst:
+            return
+        index = to_device(torch.tensor([dst, src], dtype=torch.int64), inputs.device)
+        inputs[0, index[0]] = previous.tokens[index[1]]
+
+    def _draw(self, logits: torch.Tensor, seqs: list[Sequence], steps: list[int]) -> torch.Tensor:
         batch = SamplingBatch.build(
             [s.params.temperature for s in seqs], [s.params.top_p for s in seqs], [s.params.top_k for s in seqs],
-            [s.seed for s in seqs], [len(s.output) for s in seqs], self.device,
+            [s.seed for s in seqs], steps, self.device,
         )
-        return list(zip(seqs, sample(logits, batch).tolist()))
+        return sample(logits, batch)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+        return list(zip(seqs, self._draw(logits, seqs, [len(s.output) for s in seqs]).tolist()))
 
     def _prefill_inputs(self, chunks: list[tuple[Sequence, int]]) -> tuple[PrefillInputs, list[Sequence]]:
         """Host-side index arithmetic of a packed prefill batch (see PrefillInputs for the layout)."""
@@ -288,7 +394,7 @@ class Engine:
         dev = self.device
 
         def t(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
+            return to_device(torch.tensor(values, dtype=dtype), dev)
 
         inp = PrefillInputs(
             ids=t(ids), positions=t(positions), write_idx=t(write_idx), cu_q=t(cu, torch.int32),

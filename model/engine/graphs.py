@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .runner import DecodeInputs, ModelRunner
+from .transfer import copy_to_device
 
 
 def decode_inputs(buf: torch.Tensor) -> DecodeInputs:
@@ -72,11 +73,20 @@ class DecodeGraphs:
         padded[:, : host.shape[1]] = host
         return padded
 
+    def inputs(self, bucket: int) -> torch.Tensor:
+        """The [4, bucket] device input buffer of a bucket's graph (fill it, then `replay`)."""
+        return self.graphs[bucket][1]
+
+    def replay(self, bucket: int) -> torch.Tensor:
+        """Replay a bucket's graph on what its input buffer holds; logits [bucket, V] (valid until
+        the next replay)."""
+        graph, _, logits = self.graphs[bucket]
+        graph.replay()
+        return logits
+
     def run(self, host: torch.Tensor) -> torch.Tensor:
         """Replay for the [4, n] host inputs; logits [n, V] (valid until the next replay)."""
         n = host.shape[1]
         bucket = self.bucket_for(n)
-        graph, buf, logits = self.graphs[bucket]
-        buf.copy_(self.pad(host, bucket), non_blocking=True)
-        graph.replay()
-        return logits[:n]
+        copy_to_device(self.inputs(bucket), self.pad(host, bucket))
+        return self.replay(bucket)[:n]

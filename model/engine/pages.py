@@ -19,6 +19,8 @@ import torch
 
 from model.config import Zaya1Config
 
+from .transfer import to_device
+
 SCRATCH = 0  # page and slot index reserved for padding rows
 
 
@@ -128,7 +130,7 @@ class PagedCache:
         """Write the recorded block-table entries to the device (one small copy)."""
         if not self._pending:
             return
-        entries = torch.tensor(self._pending, dtype=torch.int64).to(self.block_table.device, non_blocking=True)
+        entries = to_device(torch.tensor(self._pending, dtype=torch.int64), self.block_table.device)
         self.block_table[entries[:, 0], entries[:, 1]] = entries[:, 2].to(torch.int32)
         self._pending.clear()
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .transfer import to_device
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -75,7 +77,7 @@ class SamplingBatch:
               steps: list[int], device: torch.device) -> SamplingBatch:
         vals = torch.tensor([temperature, top_p], dtype=torch.float32)
         ints = torch.tensor([top_k, seeds, steps], dtype=torch.int64)
-        vals, ints = vals.to(device, non_blocking=True), ints.to(device, non_blocking=True)
+        vals, ints = to_device(vals, device), to_device(ints, device)
         return cls(vals[0], vals[1], ints[0], ints[1], ints[2],
                    all_greedy=all(t == 0.0 for t in temperature),
                    any_cut=any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p))

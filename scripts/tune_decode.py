@@ -121,7 +121,12 @@ MOE_GRIDS = {
                    KernelConfig(64, 32, 128, 4, 3), KernelConfig(64, 32, 256, 4, 3), KernelConfig(64, 16, 256, 4, 4),
                    KernelConfig(128, 32, 128, 4, 3), KernelConfig(128, 64, 128, 8, 3),
                    KernelConfig(64, 64, 128, 4, 3, swap_ab=1), KernelConfig(128, 64, 128, 8, 3, swap_ab=1),
-                   KernelConfig(64, 64, 256, 4, 3, swap_ab=1), KernelConfig(32, 64, 128, 4, 4, swap_ab=1)],
+                   KernelConfig(64, 64, 256, 4, 3, swap_ab=1), KernelConfig(32, 64, 128, 4, 4, swap_ab=1),
+                   # Deeper pipelines: more weight bytes in flight per SM, for the partly filled
+                   # last wave (its SMs could each pull more than an even share of the bandwidth)
+                   KernelConfig(64, 64, 64, 4, 6), KernelConfig(64, 64, 128, 4, 4), KernelConfig(64, 64, 64, 8, 6),
+                   KernelConfig(32, 64, 128, 4, 5, swap_ab=1), KernelConfig(32, 64, 64, 4, 8, swap_ab=1),
+                   KernelConfig(64, 64, 128, 8, 4, swap_ab=1)],
 }
 MOE_TOKENS = {"moe_small": (1, 8, 32), "moe_medium": (64, 256)}
 

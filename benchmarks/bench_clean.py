@@ -32,14 +32,16 @@ Near-dedup scaling (for a many-core machine; runs only the signature + resolve p
     python benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale 16
 
 signatures and bucket keys (map: per chunk, one file of bucket rows with a record batch
-per hash partition, and one of signatures), hash-partitioned bucket resolution into exact links and near
-candidates (reduce), and the candidates' verification (the driver gathers them, a map
-semi-joins their key hashes against each chunk's signatures, the driver keeps the
-similar pairs) run in a process pool of each size over the same 64 chunks, then the
-union-find in the driver. Prints docs/s, speedup and parallel efficiency T1 / (k * Tk)
-against 1 core ("resolve s" is everything after the map, "verify s" the verification
-part of it), and checks that every size gives the same drop list; then the bucket rows'
-bytes per document and what the verification moved (last run). Core counts above this
+per hash partition, and one of signatures, memory-mapped by the readers), then the
+hash-partitioned reduce: each partition's buckets into exact links and near candidates,
+the candidates verified in the reducer (their MinHash rows read at their locations from
+the chunks' signature files, each distinct pair of the partition compared once), only
+the kept links sent back; then the driver reads the linked records' keys and runs the
+union-find. All of it in a process pool of each size over the same 64 chunks. Prints
+docs/s, speedup and parallel efficiency T1 / (k * Tk) against 1 core ("resolve s" is
+everything after the map, "driver s" the driver's part of it), and checks that every
+size gives the same drop list; then the bucket rows' bytes per document and what the
+verification saw (last run, summed over the partitions). Core counts above this
 machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared data when
 ../shared/data is absent.
 """
@@ -47,6 +49,7 @@ machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared data when
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -282,12 +285,14 @@ SCALE_PARTITIONS = 64
 
 
 def _scale_map(args: tuple[int, str]) -> tuple[int, float, int]:
-    """Chunk -> signatures -> bucket keys, written as ONE file per chunk holding one record
-    batch per hash partition (a sort-based shuffle file: the reducer of partition p reads
-    batch p of every chunk's file), and the chunk's signatures (key + MinHash) as one file,
-    for the semi-join. Returns the chunk's documents, the seconds the task took inside the
-    worker and the bytes of its bucket rows. (A file per chunk and partition, 4,096 creates
-    in one folder per run, serialized the 16-process map on the folder's lock.)"""
+    """Chunk -> signatures -> bucket keys (locations in block `chunk`), written as ONE file
+    per chunk holding one record batch per hash partition (a sort-based shuffle file: the
+    reducer of partition p reads batch p of every chunk's file), and the chunk's
+    signatures (key + MinHash) as one file, which the reducers and the driver memory-map
+    and read at the locations they need. Returns the chunk's documents, the seconds the
+    task took inside the worker and the bytes of its bucket rows. (A file per chunk and
+    partition, 4,096 creates in one folder per run, serialized the 16-process map on the
+    folder's lock.)"""
     t0 = time.perf_counter()
     import numpy as np
     import pyarrow as pa
@@ -309,7 +314,7 @@ def _scale_map(args: tuple[int, str]) -> tuple[int, float, int]:
     })
     sig = signatures(table, spec)
     _write_arrow(f"{work}/sigs-{chunk:03d}.arrow", sig.select(SIGNATURE_ROWS))
-    keys = bucket_keys(sig, spec)
+    keys = bucket_keys(sig, spec, chunk)
     part = partition_of(keys, SCALE_PARTITIONS).to_numpy()
     order = np.argsort(part, kind="stable")
     bounds = np.searchsorted(part[order], np.arange(SCALE_PARTITIONS + 1))
@@ -350,56 +355,64 @@ def _calibration_task(_: int) -> float:
     return time.perf_counter() - t0
 
 
-def _scale_reduce(args: tuple[int, str, int]) -> bytes:
-    """All bucket rows of one hash partition -> exact links and near candidates, member ->
-    anchor as key hashes with the resolution's seed (Arrow IPC bytes, LINK_SCHEMA)."""
+_OPEN_BLOCKS: dict[str, Any] = {}  # in a pool process: the signature files it has mapped
+
+
+def _signature_block(work: str, opened: dict[str, Any]) -> Any:
+    """Block c of the locations: chunk c's signature file, memory-mapped (no copy; a
+    reader touches only the pages of the rows it gathers), mapped once per `opened`: a
+    pool process keeps its files for the run's later partitions (as a Ray worker's object
+    store keeps its blocks mapped; opening 64 files in each of 64 reducers cost more than
+    their reads), the driver maps each once per resolution."""
+    import pyarrow as pa
+
+    def block(c: int) -> Any:
+        path = f"{work}/sigs-{c:03d}.arrow"
+        if path not in opened:
+            opened[path] = pa.ipc.open_file(pa.memory_map(path)).read_all()
+        return opened[path]
+
+    return block
+
+
+def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int]]:
+    """All bucket rows of one hash partition -> its exact links and the near candidates
+    that pass the threshold, verified here against the MinHash rows of the partition's
+    candidate records (Arrow IPC bytes, LINK_SCHEMA: locations), and the verification's
+    counts."""
     import pyarrow as pa
 
     from zaya_data.clean.dedup import bucket_links
 
-    p, work, seed = args
+    p, work = args
     tables = [pa.Table.from_batches([pa.ipc.open_file(pa.memory_map(f"{work}/keys-{c:03d}.arrow")).get_batch(p)])
               for c in range(SCALE_CHUNKS)]
-    return _ipc_bytes(bucket_links(pa.concat_tables(tables), seed))
+    stats: dict[str, int] = {}
+    links = bucket_links(pa.concat_tables(tables), _signature_block(work, _OPEN_BLOCKS), _THRESHOLD, stats=stats)
+    return _ipc_bytes(links), stats
 
 
-def _scale_semi_join(args: tuple[int, str, int]) -> bytes:
-    """One chunk's signatures -> the rows of the linked records (their key hashes are in
-    the driver's wanted.npy), with their key hashes, Arrow IPC bytes."""
-    import numpy as np
+_THRESHOLD = CLEAN["near_dedup"].get("threshold", 0.8)
+
+
+def _scale_resolve(reduced: list[tuple[bytes, dict[str, int]]], work: Path) -> tuple[Any, dict[str, float]]:
+    """The driver's part: gather the partitions' verified links, read the linked records'
+    keys from the memory-mapped signature files, union-find (`resolve_links`, as a build
+    runs it). Returns the drop list and the verification's counts (summed over the
+    partitions) with the driver's seconds."""
     import pyarrow as pa
 
-    from zaya_data.clean.dedup import semi_join
+    from zaya_data.clean.dedup import keys_at, resolve_links
 
-    chunk, work, seed = args
-    wanted = np.load(f"{work}/wanted.npy")
-    sig = pa.ipc.open_file(pa.memory_map(f"{work}/sigs-{chunk:03d}.arrow")).read_all()
-    return _ipc_bytes(semi_join(sig, wanted, seed))
-
-
-def _scale_resolve(pool: ProcessPoolExecutor, blobs: list[bytes], work: Path) -> tuple[Any, dict[str, float]]:
-    """The driver's part: gather the links, semi-join the linked records against every
-    chunk's signatures in the pool, keep the similar pairs, union-find
-    (`resolve_candidates`, as a build runs it). `blobs`: the partitions' links with seed 0
-    (a key hash collision asks the pool again with the next seed). Returns the drop list
-    and what moved, with the verification's seconds."""
-    import numpy as np
-    import pyarrow as pa
-
-    from zaya_data.clean.dedup import resolve_candidates
-
-    def links_for(seed: int) -> list[Any]:
-        got = blobs if seed == 0 else list(pool.map(_scale_reduce, [(p, str(work), seed)
-                                                                    for p in range(SCALE_PARTITIONS)]))
-        return [pa.ipc.open_stream(b).read_all() for b in got]
-
-    def fetch(wanted: Any, seed: int) -> list[Any]:
-        np.save(work / "wanted.npy", wanted)
-        return [pa.ipc.open_stream(b).read_all()
-                for b in pool.map(_scale_semi_join, [(c, str(work), seed) for c in range(SCALE_CHUNKS)])]
-
+    t0 = time.perf_counter()
+    links = [pa.ipc.open_stream(b).read_all() for b, _ in reduced]
+    block = _signature_block(str(work), {})
     stats: dict[str, float] = {}
-    drops = resolve_candidates(links_for, fetch, CLEAN["near_dedup"].get("threshold", 0.8), stats)
+    drops = resolve_links(links, lambda loc: keys_at(block, loc), stats)
+    stats["driver_s"] = time.perf_counter() - t0
+    for _, part in reduced:
+        for name, v in part.items():
+            stats[name] = stats.get(name, 0) + v
     return drops, stats
 
 
@@ -435,14 +448,14 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     if skipped:
         print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
-    print("| cores | wall s | signatures s | resolve s | verify s | docs/s | MB/s | speedup | efficiency "
+    print("| cores | wall s | signatures s | resolve s | driver s | docs/s | MB/s | speedup | efficiency "
           "| map task s (sum) | machine efficiency | drops |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     calib_ref = None
     task_ref = None
     ref = None  # core-seconds of the first run: T1 when the list starts with 1
     first_drops = None
-    moved: dict[str, int] = {}  # what the verification of the last run moved
+    moved: dict[str, float] = {}  # what the verification of the last run saw
     bucket_bytes = 0
     ctx = mp.get_context("fork")  # workers inherit the corpus instead of receiving it
     for k in run:
@@ -452,9 +465,9 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
         with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker, initargs=(ctx.Value("i", 0),)) as pool:
             done = list(pool.map(_scale_map, [(c, str(work)) for c in range(SCALE_CHUNKS)]))
             t1 = time.perf_counter()
-            blobs = list(pool.map(_scale_reduce, [(p, str(work), 0) for p in range(SCALE_PARTITIONS)]))
-            drops, moved = _scale_resolve(pool, blobs, work)
-            verify = moved.pop("verify_s", 0.0)
+            reduced = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
+            drops, moved = _scale_resolve(reduced, work)
+            driver = moved.pop("driver_s")
             wall = time.perf_counter() - t0
             # the machine's own scaling, measured on the same pool right after
             c0 = time.perf_counter()
@@ -470,7 +483,7 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
         first_drops = drops if first_drops is None else first_drops
         same = drops.equals(first_drops)
         ref = wall * k if ref is None else ref
-        print(f"| {k} | {wall:.2f} | {t1 - t0:.2f} | {wall - (t1 - t0):.2f} | {verify:.2f} | {n / wall:.0f} | "
+        print(f"| {k} | {wall:.2f} | {t1 - t0:.2f} | {wall - (t1 - t0):.2f} | {driver:.2f} | {n / wall:.0f} | "
               f"{mb / wall:.2f} | {ref / wall:.2f}x | {ref / (k * wall):.0%} | "
               f"{task_s:.1f} ({task_s / task_ref:.2f}x) | {calib_ref / calib:.0%} | "
               f"{drops.num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
@@ -478,6 +491,8 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
     if run:
         print(f"# bucket rows {bucket_bytes / n:.0f} bytes per document; verification: "
               + ", ".join(f"{name} {v:g}" for name, v in moved.items()))
+        print(f"# drop list sha256 {hashlib.sha256(_ipc_bytes(first_drops.combine_chunks())).hexdigest()} "
+              "(Arrow IPC stream of the combined table: compare across versions)")
 
 
 def main() -> None:

@@ -224,7 +224,8 @@ def test_vectorized_resolution_equals_a_python_union_find() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# candidate verification (bucket rows without signatures, semi-join) against brute force
+# candidate verification (bucket rows without signatures, MinHash read by the reducer at
+# the candidates' locations) against brute force
 
 RANDOM_NEAR = NearDedupSpec(shingle=5, permutations=20, bands=5, threshold=0.75, seed=1)
 
@@ -356,185 +357,213 @@ def test_boundary_similarity_is_kept_and_one_below_is_not() -> None:
 
 
 def test_bucket_rows_carry_no_minhash() -> None:
-    from zaya_data.clean.dedup import BUCKET_SCHEMA, KEY_COLUMNS, bucket_keys
-    from zaya_data.clean.dedup_ray import keyed_bucket_rows
+    import numpy as np
+
+    from zaya_data.clean.dedup import BUCKET_SCHEMA, KEY_COLUMNS, LOCATION, bucket_keys
+    from zaya_data.clean.dedup_ray import located_bucket_rows
 
     blocks = random_signature_blocks(0, n=50, blocks=2)
     for spec in (SPEC, parse_clean({"exact_dedup": True}, "t"), parse_clean({"near_dedup": True}, "t")):
-        keys = bucket_keys(signatures(doc_table(["a b c d e f g", "x y z"], "s"), spec), spec)
+        keys = bucket_keys(signatures(doc_table(["a b c d e f g", "x y z"], "s"), spec), spec, 0)
         assert keys.schema.equals(BUCKET_SCHEMA)
-        assert keys.column_names == ["slot", "bucket", *KEY_COLUMNS]
+        assert keys.column_names == ["slot", "bucket", *KEY_COLUMNS, LOCATION]
     from zaya_data.clean.config import CleanSpec
 
     spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
-    keys = bucket_keys(blocks[0], spec)
-    assert "minhash" not in keys.column_names and keys.num_rows == blocks[0].num_rows * (1 + RANDOM_NEAR.bands)
+    keys = bucket_keys(blocks[1], spec, 5)
+    assert "minhash" not in keys.column_names and keys.num_rows == blocks[1].num_rows * (1 + RANDOM_NEAR.bands)
+    # every bucket row of a record says where its signature is: block 5, its row there
+    loc = keys.column(LOCATION).to_numpy()
+    assert set((loc >> np.uint64(32)).tolist()) == {5}
+    rows = (loc & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    assert keys.column("row_index").to_pylist() == blocks[1].column("row_index").take(pa.array(rows)).to_pylist()
     # what the Ray shuffle carries: the same rows plus their partition
-    assert keyed_bucket_rows(blocks[0], spec, 4).column_names == ["slot", "bucket", *KEY_COLUMNS, "partition"]
+    assert located_bucket_rows(blocks[0], 0, spec, 4).column_names == ["slot", "bucket", *KEY_COLUMNS, LOCATION,
+                                                                       "partition"]
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        bucket_keys(blocks[0], spec, 2**32)
 
 
-def _links_and_fetch(blocks: list[pa.Table], spec, partitions: int = 3):
-    """The in-process `resolve_candidates` callbacks over `blocks`, counting their calls."""
+def keyed_reference(blocks: list[pa.Table], spec) -> pa.Table:
+    """The former driver-side verification, on full keys and in one place: every bucket's
+    links with their keys (`bucket_edges`), each near candidate's MinHash looked up by key
+    and compared with its anchor's, union-find on keys (`resolve_edges`). No locations,
+    no partitions, no reducer."""
+    import numpy as np
+
     from zaya_data.clean import dedup
 
-    allk = pa.concat_tables([dedup.bucket_keys(b, spec) for b in blocks])
+    allk = pa.concat_tables([dedup.bucket_keys(b, spec, i) for i, b in enumerate(blocks)])
+    edges = dedup.bucket_edges(allk)
+    whole = pa.concat_tables(blocks)
+    key = list(zip(*(whole.column(c).to_pylist() for c in dedup.KEY_COLUMNS)))
+    mh = dict(zip(key, (np.array(m, dtype=np.uint32) for m in whole.column("minhash").to_pylist())))
+    e = edges.to_pydict()
+    m = list(zip(*(e[f"m_{c}"] for c in dedup.KEY_COLUMNS)))
+    a = list(zip(*(e[f"a_{c}"] for c in dedup.KEY_COLUMNS)))
+    t = dedup.threshold_of(spec)
+    keep = [ex or float(np.mean(mh[x] == mh[y])) >= t for ex, x, y in zip(e["exact"], m, a)]
+    return dedup.resolve_edges([edges.filter(pa.array(keep, pa.bool_()))])
+
+
+def _reduce_partition(args: tuple) -> pa.Table:
+    """A reducer in another process: one partition's bucket rows -> its verified links,
+    the MinHash read from the (pickled) signature blocks at the candidates' locations."""
+    from zaya_data.clean.dedup import bucket_links
+
+    keys, blocks, threshold = args
+    return bucket_links(keys, blocks.__getitem__, threshold)
+
+
+def reducer_drops(blocks: list[pa.Table], spec, partitions: int, workers: int) -> pa.Table:
+    """The build's flow from the library functions: located bucket rows per block, hash
+    partitions, each verified by a reducer in a pool of `workers` processes (threads = 1:
+    one process, several partitions, any order), then the driver's `resolve_links`."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from zaya_data.clean import dedup
+
+    allk = pa.concat_tables([dedup.bucket_keys(b, spec, i) for i, b in enumerate(blocks)])
     part = dedup.partition_of(allk, partitions)
     parts = [allk.filter(pc.equal(part, p)) for p in range(partitions)]
-    seeds: list[int] = []
-
-    def links_for(seed: int) -> list[pa.Table]:
-        seeds.append(seed)
-        return [dedup.bucket_links(k, seed) for k in parts]
-
-    def fetch(wanted, seed: int) -> list[pa.Table]:
-        return [dedup.semi_join(b, wanted, seed) for b in blocks]
-
-    return links_for, fetch, seeds
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        links = list(pool.map(_reduce_partition, [(k, blocks, dedup.threshold_of(spec)) for k in parts]))
+    return dedup.resolve_links(links[::-1], lambda loc: dedup.keys_at(blocks.__getitem__, loc))
 
 
-def test_key_hash_collisions_are_detected_and_resolved_again_with_the_next_seed(monkeypatch) -> None:
-    """Seed 0 hashes only `row_index % 3` (linked records share hashes, unlinked records
-    answer the semi-join): the collision is seen in the semi-join's keys, seed 1 is used,
-    and the drop list is the brute-force one; a hash that collides with every seed fails
-    loudly instead of merging records."""
-    import numpy as np
+def test_reducer_verification_equals_the_keyed_reference_on_real_data(corpus) -> None:
+    """Real solutions, their edited copies and exact variants, cut in signature blocks of
+    97 rows: the drops of the reducer-side verification (1, 2, 3 partitions; 1 and 2
+    worker processes; in-process `resolve_duplicates`) are the keyed single-place
+    reference's, and the brute-force ones."""
+    orig, copies, exact = corpus
+    whole = pa.concat_tables([orig, copies, exact])
+    blocks = [signatures(whole.slice(o, 97), SPEC, priority=o % 3) for o in range(0, whole.num_rows, 97)]
+    want = keyed_reference(blocks, SPEC)
+    assert want.num_rows > 100
+    assert [tuple(r.values()) for r in want.to_pylist()] == brute_force_drops(blocks, True, SPEC.near_dedup)
+    for partitions in (1, 2, 3):
+        assert resolve_duplicates(blocks, SPEC, partitions=partitions).equals(want), partitions
+        for workers in (1, 2):
+            assert reducer_drops(blocks, SPEC, partitions, workers).equals(want), (partitions, workers)
 
-    from zaya_data.clean import dedup
+
+def test_reducer_verification_equals_the_keyed_reference_on_planted_collisions() -> None:
     from zaya_data.clean.config import CleanSpec
 
     spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
-    blocks = random_signature_blocks(4)
-    want = brute_force_drops(blocks, True, RANDOM_NEAR)
-    real = dedup.key_hashes
-
-    def colliding_at_0(table: pa.Table, seed: int = 0) -> np.ndarray:
-        if seed == 0:
-            return (table.column("row_index").to_numpy() % 3).astype(np.uint64)
-        return real(table, seed)
-
-    monkeypatch.setattr(dedup, "key_hashes", colliding_at_0)
-    links_for, fetch, seeds = _links_and_fetch(blocks, spec)
-    got = dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold)
-    assert seeds == [0, 1]
-    assert [tuple(r.values()) for r in got.to_pylist()] == want
-    assert resolve_duplicates(blocks, spec, partitions=5).equals(got)
-
-    monkeypatch.setattr(dedup, "key_hashes", lambda table, seed=0: np.zeros(table.num_rows, np.uint64))
-    with pytest.raises(RuntimeError, match="collisions"):
-        resolve_duplicates(blocks, spec)
+    for seed in range(3):
+        blocks = random_signature_blocks(seed)
+        want = keyed_reference(blocks, spec)
+        assert [tuple(r.values()) for r in want.to_pylist()] == brute_force_drops(blocks, True, RANDOM_NEAR)
+        for partitions, workers in ((1, 1), (2, 2), (3, 2), (7, 1)):
+            assert reducer_drops(blocks, spec, partitions, workers).equals(want), (seed, partitions)
 
 
-def test_a_collision_with_a_record_outside_every_link_is_detected_too(monkeypatch) -> None:
-    """One linked record's hash given to one unlinked record: the semi-join returns both,
-    with different keys; that is a collision (the driver cannot tell which one the links
-    meant), so seed 1 resolves it."""
-    import numpy as np
-
-    from zaya_data.clean import dedup
-    from zaya_data.clean.config import CleanSpec
-
-    spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
-    blocks = random_signature_blocks(6)
-    links_for, fetch, seeds = _links_and_fetch(blocks, spec)
-    want = dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold)
-    linked = dedup.gather_candidates(links_for(0)).nodes
-    whole = pa.concat_tables(blocks)
-    h0 = dedup.key_hashes(whole)
-    outside = whole.slice(int(np.flatnonzero(~np.isin(h0, linked))[0]), 1)
-    real = dedup.key_hashes
-
-    def one_collision(table: pa.Table, seed: int = 0) -> np.ndarray:
-        h = real(table, seed)
-        if seed == 0:
-            same = np.ones(table.num_rows, dtype=bool)
-            for c in dedup.KEY_COLUMNS:
-                same &= np.array(table.column(c).to_pylist(), dtype=object) == outside.column(c)[0].as_py()
-            h[same] = linked[0]
-        return h
-
-    monkeypatch.setattr(dedup, "key_hashes", one_collision)
-    links_for, fetch, seeds = _links_and_fetch(blocks, spec)
-    with pytest.raises(dedup.KeyHashCollision):
-        rows = pa.concat_tables(fetch(linked, 0))
-        dedup.node_rows(linked, rows)
-    assert dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold).equals(want)
-    assert seeds == [0, 1]
-
-
-def test_semi_join_takes_one_copy_of_a_repeated_block_and_reports_missing_signatures() -> None:
-    import numpy as np
-
-    from zaya_data.clean import dedup
+def test_a_record_given_twice_is_one_record() -> None:
+    """Equal keys at two locations (a signature block passed twice) are one record, as one
+    key hash was before: the same records dropped, with the same survivors, as with one
+    copy. (The copies' exact link makes the record an exact
+    duplicate's member, so a near drop may read `exact_duplicate`: so it did with key
+    hashes.)"""
     from zaya_data.clean.config import CleanSpec
 
     spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
     blocks = random_signature_blocks(5)
-    links_for, fetch, _ = _links_and_fetch(blocks, spec)
-    once = dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold)
-    twice = dedup.resolve_candidates(links_for, lambda w, s: fetch(w, s) + fetch(w, s)[:2], RANDOM_NEAR.threshold)
-    assert twice.equals(once)
-    with pytest.raises(ValueError, match="no signature found"):
-        dedup.resolve_candidates(links_for, lambda w, s: fetch(w, s)[1:], RANDOM_NEAR.threshold)
-    empty = dedup.semi_join(blocks[0], np.empty(0, np.uint64))
-    assert empty.num_rows == 0 and empty.column_names == [*dedup.SIGNATURE_ROWS, dedup.KEY_HASH]
+    once = resolve_duplicates(blocks, spec).drop_columns(["reason"])
+    for given in (blocks + blocks[:2], [blocks[1], *blocks]):
+        twice = resolve_duplicates(given, spec, partitions=3)
+        assert twice.drop_columns(["reason"]).equals(once)
 
 
-def test_partition_links_are_the_distinct_keyed_edges_as_key_hashes() -> None:
+def test_partition_links_are_the_verified_keyed_edges_as_locations() -> None:
     """`bucket_links` (what a partition sends back: 17 bytes per link) is `bucket_edges`
-    (the keyed reference) with each key replaced by its hash, each distinct link once;
-    and the stats say what the verification saw."""
+    (the keyed reference) with the near candidates below the threshold removed and each
+    key replaced by its record's location, each link once; and the stats say what the
+    verification saw."""
+    import numpy as np
+
     from zaya_data.clean import dedup
     from zaya_data.clean.config import CleanSpec
 
     spec = CleanSpec(exact_dedup=True, near_dedup=RANDOM_NEAR)
     blocks = random_signature_blocks(7)
-    allk = pa.concat_tables([dedup.bucket_keys(b, spec) for b in blocks])
-    for seed in (0, 3):
-        links = dedup.bucket_links(allk, seed)
-        assert links.schema.equals(dedup.LINK_SCHEMA)
-        edges = dedup.bucket_edges(allk)
-        side = {s: edges.select([f"{s}_{c}" for c in dedup.KEY_COLUMNS]).rename_columns(dedup.KEY_COLUMNS)
-                for s in "ma"}
-        keyed = set(zip(edges.column("exact").to_pylist(), dedup.key_hashes(side["m"], seed).tolist(),
-                        dedup.key_hashes(side["a"], seed).tolist()))
-        got = list(zip(*(links.column(c).to_pylist() for c in ("exact", "member", "anchor"))))
-        assert len(got) == len(set(got)) and set(got) == keyed
+    allk = pa.concat_tables([dedup.bucket_keys(b, spec, i) for i, b in enumerate(blocks)])
+    where = {}  # key -> location
+    for i, b in enumerate(blocks):
+        for r, k in enumerate(zip(*(b.column(c).to_pylist() for c in dedup.KEY_COLUMNS))):
+            where[k] = (i << 32) | r
+    mh = {k: np.array(m) for b in blocks
+          for k, m in zip(zip(*(b.column(c).to_pylist() for c in dedup.KEY_COLUMNS)), b.column("minhash").to_pylist())}
+    e = dedup.bucket_edges(allk).to_pydict()
+    want = set()
+    for row in range(len(e["exact"])):
+        m = tuple(e[f"m_{c}"][row] for c in dedup.KEY_COLUMNS)
+        a = tuple(e[f"a_{c}"][row] for c in dedup.KEY_COLUMNS)
+        if e["exact"][row] or np.mean(mh[m] == mh[a]) >= RANDOM_NEAR.threshold:
+            want.add((e["exact"][row], where[m], where[a]))
     stats: dict = {}
-    links_for, fetch, _ = _links_and_fetch(blocks, spec)
-    drops = dedup.resolve_candidates(links_for, fetch, RANDOM_NEAR.threshold, stats)
-    assert [tuple(r.values()) for r in drops.to_pylist()] == brute_force_drops(blocks, True, RANDOM_NEAR)
-    assert stats["candidate records"] == stats["signature rows fetched"] > 0
-    assert stats["near links kept"] <= stats["distinct pairs"] <= stats["candidate links"]
+    links = dedup.bucket_links(allk, blocks.__getitem__, RANDOM_NEAR.threshold, stats=stats)
+    assert links.schema.equals(dedup.LINK_SCHEMA)
+    got = list(zip(*(links.column(c).to_pylist() for c in ("exact", "member", "anchor"))))
+    assert len(got) == len(set(got)) and set(got) == want
+    assert stats["near links kept"] + stats["exact links"] == len(got)
+    assert stats["near links kept"] <= stats["pairs compared"] <= stats["near candidate links"]
+    assert 0 < stats["signature rows read"] <= sum(b.num_rows for b in blocks)
+    # a partition without near candidates reads no signature block
+    exact_only = allk.filter(pc.equal(allk.column("slot"), 0))
+    never = lambda i: pytest.fail("read a signature block")  # noqa: E731
+    assert dedup.bucket_links(exact_only, never, RANDOM_NEAR.threshold).num_rows == stats["exact links"]
 
 
-def test_key_hashes_do_not_depend_on_physical_types_or_chunks() -> None:
+def test_records_are_read_at_their_locations() -> None:
+    import numpy as np
+
     from zaya_data.clean import dedup
 
-    t = pa.concat_tables(random_signature_blocks(2, n=60, blocks=3)).select(dedup.KEY_COLUMNS)
-    h = dedup.key_hashes(t)
-    wide = t.cast(pa.schema([pa.field("priority", pa.int64()), pa.field("id", pa.large_string()),
-                             pa.field("source", pa.large_string()), pa.field("file_index", pa.int64()),
-                             pa.field("row_index", pa.int64())]))
-    assert (dedup.key_hashes(wide) == h).all()
-    assert (dedup.key_hashes(t.combine_chunks().slice(7)) == h[7:]).all()
-    assert len(set(h.tolist())) == t.num_rows  # distinct keys, distinct hashes (here)
+    whole = pa.concat_tables(random_signature_blocks(2, n=60, blocks=3))
+    blocks = [whole.slice(lo, 20) for lo in (0, 20, 40)]
+    loc = np.array(sorted([(0 << 32) | 3, (0 << 32) | 5, (2 << 32) | 0, (2 << 32) | (blocks[2].num_rows - 1)]),
+                   dtype=np.uint64)
+    want = [(0, 3), (0, 5), (2, 0), (2, blocks[2].num_rows - 1)]
+    assert [(b, r.tolist()) for b, r in dedup.block_rows(loc)] == [(0, [3, 5]), (2, [0, blocks[2].num_rows - 1])]
+    mh = dedup.minhash_at(blocks.__getitem__, loc)
+    assert mh.dtype == np.uint32 and mh.tolist() == [blocks[b].column("minhash")[r].as_py() for b, r in want]
+    keys = dedup.keys_at(blocks.__getitem__, loc)
+    assert keys.schema.equals(dedup.KEY_SCHEMA)
+    assert keys.to_pylist() == [blocks[b].select(dedup.KEY_COLUMNS).slice(r, 1).to_pylist()[0] for b, r in want]
+    # a sliced, multi-chunk block reads the same rows
+    chunked = [pa.concat_tables([b.slice(0, 4), b.slice(4)]) for b in blocks]
+    assert np.array_equal(dedup.minhash_at(chunked.__getitem__, loc), mh)
+    with pytest.raises(ValueError, match="lengths"):
+        uneven = pa.array([[1, 2]] + [[1]] * (blocks[0].num_rows - 1), pa.list_(pa.uint32()))
+        bad = blocks[0].set_column(6, "minhash", uneven)
+        dedup.minhash_at([bad].__getitem__, loc[:1])
+    with pytest.raises(ValueError, match="keys read"):
+        dedup.resolve_links([pa.table([pa.array([True]), pa.array([loc[1]]), pa.array([loc[0]])],
+                                      schema=dedup.LINK_SCHEMA)], lambda x: dedup.keys_at(blocks.__getitem__, x[:1]))
 
 
 def test_sort_based_unique_equals_numpy_unique() -> None:
-    # The driver's candidate gathering replaces np.unique (slow on ~1M 64-bit values) by
-    # one sort; same values and inverse, empty and single-element arrays included.
+    # The resolution's distinct values: one sort instead of np.unique (slow on ~1M 64-bit
+    # values), and for locations a mark per (block, row); same values and inverse, empty
+    # and single-element arrays included.
     import numpy as np
 
-    from zaya_data.clean.dedup import _sorted_unique, _unique_inverse
+    from zaya_data.clean.dedup import _sorted_unique, _unique_locations
 
     rng = np.random.default_rng(3)
     for n in (0, 1, 2, 7, 5000):
         for dtype in (np.uint64, np.int64):
             x = rng.integers(0, max(1, n // 3) + 1, n).astype(dtype)
-            u, inv = np.unique(x, return_inverse=True)
-            u2, inv2 = _unique_inverse(x)
-            assert np.array_equal(u, u2) and np.array_equal(inv.ravel(), inv2)
-            assert np.array_equal(_sorted_unique(x), u) and _sorted_unique(x).dtype == x.dtype
+            assert np.array_equal(_sorted_unique(x), np.unique(x)) and _sorted_unique(x).dtype == x.dtype
+        for blocks in (1, 3, 40):
+            loc = (rng.integers(0, blocks, n).astype(np.uint64) << np.uint64(32)) | rng.integers(0, 2**31, n).astype(
+                np.uint64) % np.uint64(max(1, n // 2))
+            u, inv = np.unique(loc, return_inverse=True)
+            u2, inv2 = _unique_locations(loc)
+            assert np.array_equal(u, u2) and u2.dtype == np.uint64 and np.array_equal(inv.ravel(), inv2)
 
 
 def test_pair_similarity_is_the_same_on_any_number_of_threads() -> None:

@@ -70,8 +70,9 @@ def test_ray_groupby_resolution_equals_in_process(ray_local) -> None:
 
 def test_ray_candidate_verification_equals_brute_force(ray_local) -> None:
     """Planted exact/near duplicates and hash collisions (test_clean_dedup's synthetic
-    signatures): the Ray path (light bucket rows shuffled, candidates semi-joined against
-    the signature blocks where they are) gives the brute-force drop list."""
+    signatures): the Ray path (light bucket rows shuffled, each partition's candidates
+    verified in its reducer against the signature blocks' refs, keys read where the
+    blocks are) gives the brute-force drop list, and the in-process one."""
     import ray.data
 
     from test_clean_dedup import RANDOM_NEAR, brute_force_drops, random_signature_blocks

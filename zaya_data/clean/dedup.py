@@ -7,27 +7,27 @@ ever meet in one place:
    per record: its key (priority, id, source, file_index, row_index), the xxh3 hash of
    its normalized text (NFKC, lowercase, collapsed whitespace), its MinHash signature and
    the LSH band hashes of that signature.
-2. `bucket_keys` + `bucket_links`: records sharing an exact hash or a band hash fall in
-   one bucket; every member of a bucket is linked to the bucket's *anchor*, its smallest
-   key. Buckets are independent, so this runs per hash partition: in-process
-   (`resolve_duplicates`) or as a Ray Data groupby (`dedup_ray`). A bucket row is only
-   (slot, bucket, key), about 50 bytes: each record has 1 + bands of them, and they are
-   what is written, shuffled and read back, so they carry no signature. A partition's
-   links come back as 64-bit key hashes (17 bytes each, every distinct link once).
-   Exact links are final; band links are *candidates*.
-3. `resolve_candidates` (`gather_candidates` + `semi_join` + `similar`): the driver
-   deduplicates the candidate pairs and asks every signature block, by key hash, for the
-   rows of the linked records (a semi-join: a map where the blocks are), which bring
-   their keys and MinHash back once each; a near link is kept where the estimated
-   Jaccard similarity of member and anchor (fraction of equal MinHash values) reaches
-   `threshold`. Two keys with one hash are detected there and the resolution runs again
-   with the next hash seed, so the result never depends on the hash.
-4. `_drops`: union-find over the (few) links; each connected cluster keeps its
-   smallest key, the **survivor**: the lowest source `priority` (the lead passes the
-   source's position in the mixture file), then the smallest id, file and row. Every
-   other member is dropped as `exact_duplicate` (its normalized text equals a
-   smaller-keyed record's) or `near_duplicate`, naming the survivor. (`bucket_edges` +
-   `resolve_edges` are the same resolution on full keys: the reference in tests.)
+2. `bucket_keys`: records sharing an exact hash or a band hash fall in one bucket; every
+   member of a bucket is linked to the bucket's *anchor*, its smallest key. A bucket row
+   is only (slot, bucket, key, location), about 60 bytes: each record has 1 + bands of
+   them, and they are what is written, shuffled and read back, so they carry no
+   signature. The *location* (block << 32 | row) says where the record's signature is.
+3. `bucket_links`: buckets are independent, so this runs per hash partition (a reduce:
+   in-process in `resolve_duplicates`, a Ray Data groupby in `dedup_ray`). Exact links
+   are final; a band bucket's members are near *candidates*: the reducer reads the
+   MinHash of its partition's candidate records at their locations (`minhash_at`), and
+   keeps a near link where the estimated Jaccard similarity of member and anchor
+   (fraction of equal MinHash values) reaches `threshold`, each distinct pair of the
+   partition compared once. A partition returns only the exact and the kept links, as
+   pairs of locations (17 bytes each).
+4. `resolve_links`: the driver reads the keys of the linked records at their locations
+   (`keys_at`, once per record), ranks them by one sort, and runs a union-find over the
+   links (`_drops`); each connected cluster keeps its smallest key, the **survivor**: the
+   lowest source `priority` (the lead passes the source's position in the mixture file),
+   then the smallest id, file and row. Every other member is dropped as
+   `exact_duplicate` (its normalized text equals a smaller-keyed record's) or
+   `near_duplicate`, naming the survivor. (`bucket_edges` + `resolve_edges` are the same
+   resolution on full keys: the reference in tests.)
 
 The survivor and the drop list depend only on the set of records, never on batch
 boundaries, batch order or the number of workers.
@@ -38,8 +38,6 @@ writes one ledger entry per record (stage `dedup`, counted per source).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from itertools import repeat
 from typing import Callable, Iterable
 
@@ -325,27 +323,44 @@ def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------
-# buckets -> candidate links
+# buckets -> verified links
+#
+# A record is named by its *location*: the signature block it is in and its row there, as
+# one uint64 (block << 32 | row), which the map writes into each of its bucket rows. A
+# reducer reads the MinHash of its near candidates at their locations (a row gather from
+# the block: a memory-mapped file, an Arrow block in the object store); the links it sends
+# back are locations, 17 bytes each; the driver reads the keys of the linked records at
+# theirs. A location is exact, unlike a key hash: nothing to check for collisions.
 
 KEY_SCHEMA = pa.schema([SIGNATURE_SCHEMA.field(c) for c in KEY_COLUMNS])
-BUCKET_SCHEMA = pa.schema([pa.field("slot", pa.int16()), pa.field("bucket", pa.uint64()), *KEY_SCHEMA])
+LOCATION = "location"
+BUCKET_SCHEMA = pa.schema([pa.field("slot", pa.int16()), pa.field("bucket", pa.uint64()), *KEY_SCHEMA,
+                           pa.field(LOCATION, pa.uint64())])
+SIGNATURE_ROWS = [*KEY_COLUMNS, "minhash"]  # the signature columns read at a location
+_ROW_BITS = np.uint64(32)
+_ROW_MASK = np.uint64(0xFFFFFFFF)
 
 
-def bucket_keys(sigs: pa.Table, spec: CleanSpec) -> pa.Table:
+def bucket_keys(sigs: pa.Table, spec: CleanSpec, block: int) -> pa.Table:
     """One row per (record, bucket it falls in), BUCKET_SCHEMA: `slot` 0 is the exact-hash
-    bucket (when exact dedup is on), `slot` 1+b is LSH band b, then the record key.
+    bucket (when exact dedup is on), `slot` 1+b is LSH band b, then the record key and its
+    location (`block`: this signature table's number among all of the resolution's; the
+    row is its row in `sigs`).
 
     No MinHash: these rows are what gets written, shuffled and read back (1 + bands per
     record), and the signature is needed only for records that share a band bucket with
-    another one; the semi-join fetches those, once per record. (Carrying the
-    112-value signature in each of 15 rows made the bucket rows ~7.5 KB per document,
-    their memory traffic the scaling bottleneck of the map tasks on 16 cores.)"""
+    another one; the reducer reads those at their location. (Carrying the 112-value
+    signature in each of 15 rows made the bucket rows ~7.5 KB per document, their memory
+    traffic the scaling bottleneck of the map tasks on 16 cores.)"""
     parts = []
     n = sigs.num_rows
+    if not 0 <= block <= int(_ROW_MASK) or n > int(_ROW_MASK) + 1:
+        raise ValueError(f"a location holds blocks and rows below 2**32 (block {block}, {n} rows)")
     key_cols = {c: sigs.column(c) for c in KEY_COLUMNS}
+    loc = (np.uint64(block) << _ROW_BITS) | np.arange(n, dtype=np.uint64)
     if spec.exact_dedup:
         slot = pa.array(np.zeros(n, dtype=np.int16))
-        parts.append(pa.table({"slot": slot, "bucket": sigs.column("exact"), **key_cols}))
+        parts.append(pa.table({"slot": slot, "bucket": sigs.column("exact"), **key_cols, LOCATION: loc}))
     if spec.near_dedup is not None and n:
         nb = spec.near_dedup.bands
         bands = sigs.column("bands").combine_chunks()
@@ -359,6 +374,7 @@ def bucket_keys(sigs: pa.Table, spec: CleanSpec) -> pa.Table:
                     "slot": pa.array(np.tile(np.arange(1, nb + 1, dtype=np.int16), n)),
                     "bucket": bands.flatten(),
                     **{c: col.take(take) for c, col in key_cols.items()},
+                    LOCATION: np.repeat(loc, nb),
                 }
             )
         )
@@ -374,33 +390,51 @@ EDGE_SCHEMA = pa.schema(
         *[pa.field(f"a_{c}", SIGNATURE_SCHEMA.field(c).type) for c in KEY_COLUMNS],
     ]
 )
-# What a bucket partition sends back: each link as the 64-bit key hashes (`key_hashes`
-# with the resolution's seed) of its member and anchor, 17 bytes instead of two keys with
-# their strings. The driver never sorts or compares strings for them: the keys come back
-# once per record with the semi-join (which also proves the hashes collision-free).
+# What a bucket partition sends back: each exact link and each near link that passed the
+# threshold as the locations of its member and anchor, 17 bytes instead of two keys with
+# their strings. The driver never sorts or compares strings for them: it reads the keys
+# once per linked record, at its location.
 LINK_SCHEMA = pa.schema([pa.field("exact", pa.bool_()), pa.field("member", pa.uint64()), pa.field("anchor", pa.uint64())])
 
 _SORT = [("slot", "ascending"), ("bucket", "ascending")] + [(c, "ascending") for c in KEY_COLUMNS]
 
 
-def bucket_links(keys: pa.Table, seed: int = 0) -> pa.Table:
-    """Links (member -> anchor) within every bucket of `keys` (bucket rows, a whole number
-    of buckets: every row of a bucket must be present), LINK_SCHEMA, each distinct link
-    once. Anchor = smallest key in the bucket. `exact` rows (slot 0) are links; the others
-    are near *candidates*, kept only where the estimated Jaccard similarity of member and
-    anchor reaches the threshold (checked after the semi-join: bucket rows carry no
-    signature). A reduce step: the sort by key and the hashing run per partition."""
+def bucket_links(keys: pa.Table, block: Callable[[int], pa.Table], threshold: float, threads: int | None = 1,
+                 stats: dict[str, int] | None = None) -> pa.Table:
+    """The links (member -> anchor) of every bucket of `keys` (bucket rows, a whole number
+    of buckets: every row of a bucket must be present), LINK_SCHEMA. Anchor = smallest key
+    in the bucket. Exact rows (slot 0) are links; a band bucket's member is a near
+    candidate, linked only where the estimated Jaccard similarity of member and anchor
+    (`similar`) reaches `threshold`. A reduce step: the sort by key, and the verification
+    of the partition's candidates, each distinct (member, anchor) pair once, run per
+    partition. `block(i)` is signature block i (its `minhash` column is read, at the rows
+    of the partition's candidate records only: `minhash_at`). A pair sharing bands that
+    fell in several partitions is verified in each; the same pair always gives the same
+    answer, so the union of the partitions' links does not depend on the partitioning.
+
+    Each exact link appears once (a record is in one exact bucket), each kept near pair
+    once. `stats`, when given, receives what the verification saw. `threads`: for
+    `similar` (1: a reducer runs beside the others)."""
     keys, slot, member, anchor = _bucket_members(keys)
-    if len(member) == 0:
-        return LINK_SCHEMA.empty_table()
-    # hash only the rows of multi-record buckets: most bucket rows are singletons
-    mark = np.zeros(keys.num_rows, dtype=bool)
-    mark[member] = True
-    mark[anchor] = True
-    linked = np.flatnonzero(mark)
-    h = np.zeros(keys.num_rows, dtype=np.uint64)
-    h[linked] = key_hashes(keys.take(pa.array(linked)), seed)
-    return _distinct_links(slot[member] == 0, h[member], h[anchor])
+    loc = _np(keys.column(LOCATION)) if keys.num_rows else np.empty(0, dtype=np.uint64)
+    near = slot[member] != 0
+    em, ea = loc[member[~near]], loc[anchor[~near]]
+    k = int(near.sum())
+    keep = np.zeros(0, dtype=bool)
+    nodes = pm = pa_ = np.empty(0, dtype=np.uint64)
+    if k:
+        # distinct candidate records (marks), and distinct pairs as rows of them (one sort)
+        nodes, row = _unique_locations(np.concatenate([loc[member[near]], loc[anchor[near]]]))
+        pm, pa_ = np.divmod(_sorted_unique(row[:k] * len(nodes) + row[k:]), len(nodes))
+        keep = similar(minhash_at(block, nodes), pm, pa_, threshold, threads)
+    if stats is not None:
+        stats.update({"near candidate links": k, "pairs compared": len(pm), "signature rows read": len(nodes),
+                      "near links kept": int(keep.sum()), "exact links": len(em)})
+    return pa.table([
+        pa.array(np.repeat([True, False], [len(em), int(keep.sum())])),
+        pa.array(np.concatenate([em, nodes[pm[keep]]]), pa.uint64()),
+        pa.array(np.concatenate([ea, nodes[pa_[keep]]]), pa.uint64()),
+    ], schema=LINK_SCHEMA)
 
 
 def _bucket_members(keys: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
@@ -416,19 +450,10 @@ def _bucket_members(keys: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray, n
     return keys, slot, member, anchor[member]
 
 
-def _distinct_links(exact: np.ndarray, member: np.ndarray, anchor: np.ndarray) -> pa.Table:
-    """LINK_SCHEMA rows, each distinct (exact, member, anchor) once: a pair sharing several
-    bands of one partition is a candidate in each of those buckets."""
-    order = np.lexsort((anchor, member, exact))
-    e, m, a = exact[order], member[order], anchor[order]
-    new = np.ones(len(e), dtype=bool)
-    new[1:] = (e[1:] != e[:-1]) | (m[1:] != m[:-1]) | (a[1:] != a[:-1])
-    return pa.table([pa.array(e[new]), pa.array(m[new]), pa.array(a[new])], schema=LINK_SCHEMA)
-
-
 def bucket_edges(keys: pa.Table) -> pa.Table:
     """Links within every bucket of `keys` with their full keys (EDGE_SCHEMA), one row per
-    member and bucket: the reference form of `bucket_links` (tests, inspection)."""
+    member and bucket, near candidates unverified: the reference form of `bucket_links`
+    (tests, inspection)."""
     if keys.num_rows == 0:
         return EDGE_SCHEMA.empty_table()
     keys, slot, member, anchor = _bucket_members(keys)
@@ -445,63 +470,8 @@ def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-# ---------------------------------------------------------------------------------------
-# candidate verification: a semi-join of the linked records against the signatures
-#
-# The links come back to one process (the driver): one per record, bucket and partition.
-# The signatures stay where they are (signature blocks of a Ray dataset, a process pool's
-# files); the driver sends out the distinct key hashes of the linked records and each
-# block returns only its rows with such a hash: key, MinHash and the hash, once per
-# record. Everything on the driver is then integer work on row numbers: the only strings
-# it handles are the keys of the linked records, sorted once to rank them.
-#
-# Exactness: a hash collision between two linked records, or between a linked record and
-# any other, makes the semi-join return two different keys for one hash. That is checked
-# (`KeyHashCollision`), and the resolution is redone with the next hash seed, so the drop
-# list never depends on the hash.
-
-SIGNATURE_ROWS = [*KEY_COLUMNS, "minhash"]  # the signature columns a semi-join returns
-KEY_HASH = "key_hash"  # and the key hash of each row
-_SEEDS = 8  # hash seeds tried before giving up (each collision has probability ~1e-9)
-
-
-class KeyHashCollision(Exception):
-    """Two different keys share a key hash among the semi-join's rows."""
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """The links of all buckets, on the driver, as rows of `nodes`."""
-
-    nodes: np.ndarray  # sorted distinct key hashes of every linked record: what the semi-join asks for
-    exact_member: np.ndarray  # int64 per exact link: its member's row of `nodes`
-    exact_anchor: np.ndarray  # and its anchor's
-    member: np.ndarray  # int64 per distinct near candidate pair: its member's row of `nodes`
-    anchor: np.ndarray  # and its anchor's
-    links: int  # near candidate links received (before the pairs were deduplicated)
-
-
-def gather_candidates(links: Iterable[pa.Table]) -> Candidates:
-    """The links of `bucket_links` (any number of tables, e.g. one per partition) as rows
-    of the distinct linked records; near candidate pairs deduplicated (a pair sharing
-    several bands is a candidate in each of those buckets, and its similarity is one)."""
-    tables = [t for t in links if t.num_rows]
-    if not tables:
-        none = np.empty(0, dtype=np.int64)
-        return Candidates(np.empty(0, dtype=np.uint64), none, none, none, none, 0)
-    exact = np.concatenate([_np(t.column("exact")) for t in tables]).astype(bool)
-    m = np.concatenate([_np(t.column("member")) for t in tables])
-    a = np.concatenate([_np(t.column("anchor")) for t in tables])
-    nodes, row = _unique_inverse(np.concatenate([m, a]))
-    mi, ai = row[: len(m)], row[len(m) :]
-    pair = _sorted_unique(mi[~exact] * len(nodes) + ai[~exact])
-    member, anchor = np.divmod(pair, len(nodes))
-    return Candidates(nodes, mi[exact], ai[exact], member, anchor, int((~exact).sum()))
-
-
 # np.unique on ~1M 64-bit values took 0.35-0.7 s here (numpy 2's hash-based path, then a
-# sort of its output); one sort and a neighbour comparison take 0.02-0.04 s. This runs on
-# the driver, in the part of the resolution that does not parallelize.
+# sort of its output); one sort and a neighbour comparison take 0.02-0.04 s.
 
 
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
@@ -512,106 +482,75 @@ def _sorted_unique(x: np.ndarray) -> np.ndarray:
     return y[keep]
 
 
-def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(x, return_inverse=True) of a 1-D integer array, by one argsort."""
-    order = np.argsort(x)
-    xs = x[order]
-    new = np.ones(len(xs), dtype=bool)
-    np.not_equal(xs[1:], xs[:-1], out=new[1:])
-    inverse = np.empty(len(x), dtype=np.int64)
-    inverse[order] = np.cumsum(new) - 1
-    return xs[new], inverse
+def _unique_locations(loc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(loc, return_inverse=True) of locations (uint64, block << 32 | row), by a
+    mark per (block, row) instead of a sort: blocks and rows are small dense integers, so
+    the marks are at most the rows of the blocks involved. (The driver's 1.9M link ends
+    of the scale-32 benchmark: 0.03 s, an argsort 0.2 s.)"""
+    if len(loc) == 0:
+        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
+    b = (loc >> _ROW_BITS).astype(np.int64)
+    r = (loc & _ROW_MASK).astype(np.int64)
+    top = np.zeros(int(b.max()) + 1, dtype=np.int64)  # rows marked per block: its largest row + 1
+    np.maximum.at(top, b, r + 1)
+    start = np.zeros(len(top) + 1, dtype=np.int64)
+    np.cumsum(top, out=start[1:])
+    at = start[b] + r
+    seen = np.zeros(int(start[-1]), dtype=bool)
+    seen[at] = True
+    marked = np.flatnonzero(seen)
+    blk = np.searchsorted(start, marked, side="right") - 1
+    nodes = (blk.astype(np.uint64) << _ROW_BITS) | (marked - start[blk]).astype(np.uint64)
+    return nodes, (np.cumsum(seen) - 1)[at]
 
 
-def key_hashes(table: pa.Table, seed: int = 0) -> np.ndarray:
-    """uint64 hash of each row's key (KEY_COLUMNS), the same for equal keys whatever the
-    column's physical type (string or large_string, any integer width), in any process.
-    Not collision-free: a collision makes a semi-join return a row more, never less;
-    another `seed` gives independent hashes."""
-    h = np.full(table.num_rows, seed, dtype=np.uint64)
-    for c in KEY_COLUMNS:
-        col = table.column(c)
-        if pa.types.is_integer(col.type):
-            x = _np(pc.fill_null(col, 0)).astype(np.int64).view(np.uint64)
-        else:
-            x = _string_hashes(col)
-        with np.errstate(over="ignore"):
-            h = _mix(h * _ROLL + x)
-    return h
+# ---------------------------------------------------------------------------------------
+# reading records at their locations
 
 
-def _string_hashes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """uint64 hash per string, vectorized: the wrapping sum over its bytes of
-    splitmix64(byte | position << 8), mixed with the length (no Python loop per row)."""
-    arr = pc.fill_null(col, "")
-    arr = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(pa.large_binary())
-    n = len(arr)
-    if n == 0:
-        return np.empty(0, dtype=np.uint64)
-    _, obuf, dbuf = arr.buffers()
-    off = np.frombuffer(obuf, dtype=np.int64, count=n + 1, offset=arr.offset * 8)
-    lo, hi = int(off[0]), int(off[-1])
+def block_rows(locations: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Sorted locations -> (block, its rows, int64) for each block they are in, in order."""
+    if len(locations) == 0:
+        return []
+    b = locations >> _ROW_BITS
+    bounds = [0, *(np.flatnonzero(b[1:] != b[:-1]) + 1).tolist(), len(locations)]
+    return [(int(b[lo]), (locations[lo:hi] & _ROW_MASK).astype(np.int64)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def minhash_at(block: Callable[[int], pa.Table], locations: np.ndarray) -> np.ndarray:
+    """(len(locations), permutations) uint32: the MinHash of the record at each of the
+    sorted `locations`, gathered from `block(i)`'s minhash column (one numpy view per
+    block, no copy of the rows not asked for)."""
+    parts = [_minhash_matrix(block(b))[rows] for b, rows in block_rows(locations)]
+    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.uint32)
+
+
+def _minhash_matrix(sigs: pa.Table) -> np.ndarray:
+    """(rows, permutations) uint32 view of a signature block's minhash column."""
+    col = sigs.column("minhash")
+    mh = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    if len(mh) == 0:
+        return np.empty((0, 0), dtype=np.uint32)
+    if mh.null_count:
+        raise ValueError("signature rows without a MinHash list")
+    # numpy on the offsets and values, no compute kernel: this runs per block and partition
+    off = mh.offsets.to_numpy()
     lens = np.diff(off)
-    data = np.frombuffer(dbuf, dtype=np.uint8, count=hi - lo, offset=lo) if hi > lo else np.empty(0, np.uint8)
-    pos = np.arange(hi - lo, dtype=np.int64) - np.repeat(off[:-1] - lo, lens)
-    v = _mix((pos.astype(np.uint64) << np.uint64(8)) | data.astype(np.uint64))
-    csum = np.zeros(hi - lo + 1, dtype=np.uint64)
-    np.cumsum(v, out=csum[1:])  # wraps mod 2^64, and so does the difference below
-    with np.errstate(over="ignore"):
-        return _mix(csum[off[1:] - lo] - csum[off[:-1] - lo] + lens.astype(np.uint64) * _ROLL)
-
-
-def semi_join(sigs: pa.Table, wanted: np.ndarray, seed: int = 0) -> pa.Table:
-    """The rows of a signature block (SIGNATURE_ROWS columns + KEY_HASH) whose key hash
-    (with `seed`) is in `wanted` (sorted distinct uint64, `Candidates.nodes`). A map step:
-    it runs where the block is."""
-    rows = sigs.select(SIGNATURE_ROWS)
-    if rows.num_rows == 0 or len(wanted) == 0:
-        return rows.slice(0, 0).append_column(KEY_HASH, pa.array([], pa.uint64()))
-    h = key_hashes(rows, seed)
-    hit = wanted[np.minimum(np.searchsorted(wanted, h), len(wanted) - 1)] == h
-    return rows.filter(pa.array(hit)).append_column(KEY_HASH, pa.array(h[hit]))
-
-
-def node_rows(nodes: np.ndarray, rows: pa.Table) -> np.ndarray:
-    """For each of `nodes` (sorted distinct key hashes), the row of the semi-join's `rows`
-    that holds its record. Several rows for one hash are copies of one record (a block
-    read twice: the first counts) or a collision (different keys: `KeyHashCollision`)."""
-    h = _np(rows.column(KEY_HASH))
-    idx = np.searchsorted(nodes, h)
-    if len(h) and not (nodes[np.minimum(idx, len(nodes) - 1)] == h).all():
-        raise ValueError("semi-join rows with a key hash that was not asked for")
-    order = np.argsort(idx, kind="stable")
-    sidx = idx[order]
-    first = np.ones(len(sidx), dtype=bool)
-    first[1:] = sidx[1:] != sidx[:-1]
-    if int(first.sum()) != len(nodes):
-        raise ValueError(f"no signature found for {len(nodes) - int(first.sum())} of {len(nodes)} candidate records")
-    row = order[first]
-    extra = order[~first]
-    if len(extra) and not _same_keys(rows, extra, row[idx[extra]]):
-        raise KeyHashCollision(f"{len(extra)} signature rows share a key hash with another row")
-    return row
-
-
-def _same_keys(rows: pa.Table, i: np.ndarray, j: np.ndarray) -> bool:
-    """Whether rows i and rows j of `rows` have equal keys (nulls equal to nulls)."""
-    for c in KEY_COLUMNS:
-        x, y = rows.column(c).take(pa.array(i)), rows.column(c).take(pa.array(j))
-        same = pc.or_kleene(pc.equal(x, y), pc.and_(pc.is_null(x), pc.is_null(y)))
-        if not pc.all(pc.fill_null(same, False)).as_py():
-            return False
-    return True
-
-
-def signature_matrix(rows: pa.Table, row: np.ndarray) -> np.ndarray:
-    """(len(row), permutations) uint32: the MinHash of rows `row` of the semi-join's rows."""
-    mh = rows.column("minhash").combine_chunks()
-    lens = _np(pc.list_value_length(mh))
-    if len(lens) and lens.min() != lens.max():
+    if lens.min() != lens.max():
         raise ValueError(f"signature rows have MinHash lists of lengths {sorted(set(lens.tolist()))}")
-    p = int(lens[0]) if len(lens) else 0
-    return _np(mh.flatten()).reshape(rows.num_rows, p)[row]
+    values = mh.values.slice(int(off[0]), int(off[-1] - off[0]))
+    return values.to_numpy(zero_copy_only=False).reshape(len(mh), int(lens[0]))
+
+
+def block_keys(sigs: pa.Table, rows: np.ndarray) -> pa.Table:
+    """The keys (KEY_SCHEMA) of rows `rows` of a signature block."""
+    return sigs.select(KEY_COLUMNS).take(pa.array(rows)).cast(KEY_SCHEMA)
+
+
+def keys_at(block: Callable[[int], pa.Table], locations: np.ndarray) -> pa.Table:
+    """The keys (KEY_SCHEMA) of the records at the sorted `locations`, in that order."""
+    parts = [block_keys(block(b), rows) for b, rows in block_rows(locations)]
+    return pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
 
 
 _PAIR_BLOCK = 1 << 13  # pairs compared at once: the two (8192, 112) uint32 gathers stay in L2
@@ -623,10 +562,10 @@ def similar(mh: np.ndarray, member: np.ndarray, anchor: np.ndarray, threshold: f
     the fraction of equal values as float64 (count / permutations, as the resolution
     always computed it), looked up per count instead of divided per pair.
 
-    Blocks of pairs run on `threads` threads (default: the CPUs this process may use, at
-    most 16): numpy's gathers and comparisons release the GIL, and this runs on the driver
-    while the workers wait, in the part of the resolution that is one process. Each block
-    writes its own slice: the result does not depend on the thread count."""
+    Blocks of pairs run on `threads` threads (None: the CPUs this process may use, at most
+    16; a reducer beside others passes 1): numpy's gathers and comparisons release the
+    GIL. Each block writes its own slice: the result does not depend on the thread
+    count."""
     p = mh.shape[1]
     ok = np.arange(p + 1, dtype=np.float64) / p >= threshold if p else np.zeros(1, dtype=bool)
     keep = np.empty(len(member), dtype=bool)
@@ -657,62 +596,48 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_candidates(links_for: Callable[[int], Iterable[pa.Table]],
-                       fetch: Callable[[np.ndarray, int], Iterable[pa.Table]], threshold: float,
-                       stats: dict[str, float] | None = None) -> pa.Table:
-    """Links -> drop list: `links_for(seed)` gives the `bucket_links` of every partition,
-    `fetch(wanted, seed)` the `semi_join` of every signature block (wherever the blocks
-    are); verify the near pairs, union-find. On a key hash collision both are asked again
-    with the next seed. `stats`, when given, receives counts and the verification's
-    seconds (`verify_s`: from the links on the driver to the kept links)."""
-    for seed in range(_SEEDS):
-        links = list(links_for(seed))
-        try:
-            return _resolve_links(links, lambda wanted: fetch(wanted, seed), threshold, stats)
-        except KeyHashCollision:
-            continue
-    raise RuntimeError(f"key hash collisions with {_SEEDS} seeds: the key hash is broken")
+# ---------------------------------------------------------------------------------------
+# verified links -> drop list (the driver)
 
 
-def _resolve_links(links: list[pa.Table], fetch: Callable[[np.ndarray], Iterable[pa.Table]], threshold: float,
-                   stats: dict[str, float] | None) -> pa.Table:
-    t0 = time.perf_counter()
-    cands = gather_candidates(links)
-    if len(cands.nodes) == 0:
+def resolve_links(links: Iterable[pa.Table], keys_of: Callable[[np.ndarray], pa.Table],
+                  stats: dict[str, float] | None = None) -> pa.Table:
+    """The verified links of every partition (`bucket_links`) -> the drop list
+    (DROPS_SCHEMA), sorted by key. `keys_of(locations)` gives the keys (KEY_COLUMNS) of the
+    records at the sorted distinct `locations` of the linked records, in that order
+    (`keys_at`, or a map where the blocks are). Integer work on row numbers, then one
+    sort of the linked records' keys and the union-find. Equal keys at two locations (one
+    record's block given twice) are one record. Depends only on the set of links, not on
+    their order, repeats or partition. `stats`, when given, receives the counts of links
+    and linked records."""
+    tables = [t for t in links if t.num_rows]
+    if not tables:
         return DROPS_SCHEMA.empty_table()
-    got = [t for t in fetch(cands.nodes) if t.num_rows]
-    if not got:
-        raise ValueError(f"no signature found for any of {len(cands.nodes)} candidate records")
-    rows = pa.concat_tables(got)
-    row = node_rows(cands.nodes, rows)
-    keep = np.zeros(0, dtype=bool)
-    if len(cands.member):
-        keep = similar(signature_matrix(rows, row), cands.member, cands.anchor, threshold)
-    keys = rows.select(KEY_COLUMNS).take(pa.array(row))
+    exact = np.concatenate([_np(t.column("exact")) for t in tables]).astype(bool)
+    m = np.concatenate([_np(t.column("member")) for t in tables])
+    a = np.concatenate([_np(t.column("anchor")) for t in tables])
+    nodes, row = _unique_locations(np.concatenate([m, a]))
+    keys = keys_of(nodes)
+    if keys.num_rows != len(nodes):
+        raise ValueError(f"{keys.num_rows} keys read for {len(nodes)} linked records")
+    node, ordered = _rank(keys)
+    u, v = node[row[: len(m)]], node[row[len(m) :]]
+    drops = _drops(ordered, u, v, u[exact])
     if stats is not None:
-        stats.update({"candidate links": cands.links, "distinct pairs": len(cands.member),
-                      "candidate records": len(cands.nodes), "signature rows fetched": rows.num_rows,
-                      "near links kept": int(keep.sum()), "exact links": len(cands.exact_member),
-                      "verify_s": time.perf_counter() - t0})
-    u = np.concatenate([cands.exact_member, cands.member[keep]])
-    v = np.concatenate([cands.exact_anchor, cands.anchor[keep]])
-    return _drops(keys, u, v, cands.exact_member)
+        stats.update({"links received": len(m), "linked records": len(nodes)})
+    return drops
 
 
-def _drops(keys: pa.Table, u: np.ndarray, v: np.ndarray, exact_members: np.ndarray) -> pa.Table:
-    """Union-find over links u[i]-v[i] between rows of `keys` (distinct keys, any order);
-    the drop list (DROPS_SCHEMA), sorted by key. Each cluster keeps its smallest key; the
-    others are dropped, "exact" when they are in `exact_members` (rows that were the member
-    of an exact link), else "near". Keys are sorted once, here: labels are then ranks in
-    key order, and a cluster's smallest label is its smallest key."""
-    order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in KEY_COLUMNS]).to_numpy()
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    ordered = keys.take(pa.array(order))
+def _drops(ordered: pa.Table, u: np.ndarray, v: np.ndarray, exact_members: np.ndarray) -> pa.Table:
+    """Union-find over links u[i]-v[i] between rows of `ordered` (distinct keys in key
+    order, as `_rank` gives them); the drop list (DROPS_SCHEMA), sorted by key. Each
+    cluster keeps its smallest row, which is its smallest key; the others are dropped,
+    "exact" when they are in `exact_members` (rows that were the member of an exact link),
+    else "near"."""
     n = ordered.num_rows
-    label = _min_labels(n, rank[u], rank[v])
+    label = _min_labels(n, u, v)
     exact = np.zeros(n, dtype=bool)
-    exact[rank[exact_members]] = True
+    exact[exact_members] = True
     drop = np.flatnonzero(label != np.arange(n))
     rows = ordered.take(pa.array(drop))
     return pa.table(
@@ -747,8 +672,8 @@ def _rank(keys: pa.Table) -> tuple[np.ndarray, pa.Table]:
 def resolve_edges(edges: Iterable[pa.Table]) -> pa.Table:
     """Union-find over links with their full keys (EDGE_SCHEMA); returns the drop list
     (DROPS_SCHEMA), sorted by key, as `_drops` gives it. Depends only on the set of links
-    (not their order or repeats). The keyed reference of `resolve_candidates`, which gets
-    its keys from the semi-join instead."""
+    (not their order or repeats). The keyed reference of `resolve_links`, which gets its
+    keys at the linked records' locations instead."""
     tables = [t for t in edges if t.num_rows]
     if not tables:
         return DROPS_SCHEMA.empty_table()
@@ -789,9 +714,10 @@ def resolve_duplicates(signature_tables: Iterable[pa.Table], spec: CleanSpec, pa
     """In-process resolution of all signatures of a build -> drop list (DROPS_SCHEMA).
     `partitions` > 1 resolves hash partitions of the buckets one at a time (bounded
     memory for the bucket sort); the result is the same for any value. The signature
-    tables are held (read twice: bucket rows, then the semi-join of the linked records)."""
+    tables are held: block i of the locations is the i-th non-empty table (the reducers
+    read MinHash rows from them, the union-find the linked records' keys)."""
     sigs = [t for t in signature_tables if t.num_rows]
-    keys = [k for k in (bucket_keys(t, spec) for t in sigs) if k.num_rows]
+    keys = [k for k in (bucket_keys(t, spec, i) for i, t in enumerate(sigs)) if k.num_rows]
     if not keys:
         return DROPS_SCHEMA.empty_table()
     allk = pa.concat_tables(keys)
@@ -799,8 +725,9 @@ def resolve_duplicates(signature_tables: Iterable[pa.Table], spec: CleanSpec, pa
     if partitions > 1:
         part = partition_of(allk, partitions)
         parts = [allk.filter(pc.equal(part, p)) for p in range(partitions)]
-    return resolve_candidates(lambda seed: [bucket_links(k, seed) for k in parts],
-                              lambda wanted, seed: [semi_join(t, wanted, seed) for t in sigs], threshold_of(spec))
+    threshold = threshold_of(spec)
+    links = [bucket_links(k, sigs.__getitem__, threshold, threads=None) for k in parts]
+    return resolve_links(links, lambda loc: keys_at(sigs.__getitem__, loc))
 
 
 def partition_of(keys: pa.Table, partitions: int) -> pa.Array:

@@ -375,6 +375,30 @@ def _router_margin(s: torch.Tensor, wts: dict[str, torch.Tensor], bias: torch.Te
     return top2[:, 0] - top2[:, 1]
 
 
+@pytest.mark.parametrize("warm", [1, 5, 16])
+def test_router_l2_warm_up_programs_leave_the_result_unchanged(warm: int, tmp_path, monkeypatch) -> None:
+    # The warm-up programs only load slices of the weights; the token programs are the same
+    # code, so weights, choices and the depth-average state are bit-identical with or without.
+    import json
+
+    g = _gen(43 + warm)
+    r, classes, dtype = 256, 17, DTYPES[0]
+    s = _randn(45, r, dtype=dtype, g=g, scale=2.0)
+    prev = _randn(45, r, dtype=dtype, g=g, scale=2.0)
+    scale = _randn(r, dtype=dtype, g=g, scale=0.5) + 1.0
+    wts = _router_weights(r, classes, dtype, g)
+    bias = torch.zeros(classes, device=DEVICE)
+    bias[-1] = -1.0
+    s_plain, s_warm = s.clone(), s.clone()
+    plain = router_top1(s_plain, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale)
+    path = tmp_path / f"warm-{warm}.json"
+    path.write_text(json.dumps({"router": {"l2_warm": warm}}))
+    monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(path))
+    warmed = router_top1(s_warm, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale)
+    assert torch.equal(plain[0], warmed[0]) and torch.equal(plain[1], warmed[1])
+    assert torch.equal(s_plain, s_warm)
+
+
 def test_router_skip_class_gets_zero_weight_when_its_bias_wins() -> None:
     g = _gen(37)
     r, classes, dtype = 256, 17, DTYPES[0]

@@ -9,6 +9,14 @@ through the whole chain with every intermediate in registers:
   h2 = gelu(acc2 + b2);  logits = h2 @ Wo^T;  p = softmax(logits);  e = argmax(p + bias)
 The weights (2 x R^2 + (E+1) x R values, ~260 KB in bf16 for R=256) stream through shared
 memory once per program and stay L2-resident across programs.
+
+Why L2 warm-up programs (`l2_warm` in the tuning table): in a decode step the router's
+weights were last read a whole step ago, so they come from HBM, and one program pulls its
+256 KB through one SM: ~15 us whatever the batch (2026-12-03 sweep on an H200, 15.0 us at 64
+tokens and 14.9 us at 256), because every token block walks the same bytes in the same
+order. `l2_warm` extra programs each load a distinct slice of W1/W2 at launch and discard it
+(a store that only a NaN would trigger keeps the load alive), so the bytes arrive over that
+many SMs at once and the token programs read them from L2.
 """
 
 from __future__ import annotations
@@ -27,13 +35,35 @@ def _gelu(x):
 
 
 @triton.jit
+def _warm_slice(W1, W2, SINK, w, n_warm, n_weights, WARM_BLOCK: tl.constexpr):
+    """Warm-up program w of n_warm: load slice w of [W1 | W2] (n_weights values each) and
+    discard it; SINK[w] is written only if the slice sums to NaN, which keeps the loads."""
+    half = (n_warm + 1) // 2
+    base = W1 if w < half else W2
+    part = w if w < half else w - half
+    parts = half if w < half else n_warm - half
+    size = tl.cdiv(n_weights, parts)
+    lo = part * size
+    hi = tl.minimum(lo + size, n_weights)
+    offs = tl.arange(0, WARM_BLOCK)
+    acc = tl.zeros([WARM_BLOCK], dtype=tl.float32)
+    for i in range(lo, hi, WARM_BLOCK):
+        acc += tl.load(base + i + offs, mask=(i + offs) < hi, other=0.0).to(tl.float32)
+    total = tl.sum(acc, axis=0)
+    tl.store(SINK + w, total, mask=total != total)
+
+
+@triton.jit
 def _router_kernel(
-    S, PREV, PREV_SCALE, NW, W1, B1, W2, B2, WO, BIAS, OUT_W, OUT_E,
-    n_tokens, width, n_classes, eps, stride_s, stride_prev,
+    S, PREV, PREV_SCALE, NW, W1, B1, W2, B2, WO, BIAS, OUT_W, OUT_E, SINK,
+    n_tokens, width, n_classes, eps, stride_s, stride_prev, n_blocks, n_warm,
     R_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr, CHUNK: tl.constexpr,
-    HAS_PREV: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_PREV: tl.constexpr, PRECISION: tl.constexpr, WARM_BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if pid >= n_blocks:  # an L2 warm-up program (launched after the token programs)
+        _warm_slice(W1, W2, SINK, pid - n_blocks, n_warm, width * width, WARM_BLOCK)
+        return
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < n_tokens
     cols = tl.arange(0, R_PAD)
@@ -138,13 +168,16 @@ def router_top1(
     if fc1_weight.dtype == torch.float32:
         # fp32 weight tiles are twice the bytes: keep the pipelined chunks inside shared memory.
         chunk, stages = min(chunk, 64), 1
-    _router_kernel[(triton.cdiv(t, block_t),)](
+    n_blocks = triton.cdiv(t, block_t)
+    n_warm = cfg.l2_warm
+    sink = torch.empty(max(1, n_warm), dtype=torch.float32, device=s.device)
+    _router_kernel[(n_blocks + n_warm,)](
         s, prev if prev is not None else s, prev_scale if prev is not None else norm_weight,
-        norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias, out_weight, balancing_biases, out_w, out_e,
-        t, width, n_classes, eps, s.stride(0), prev.stride(0) if prev is not None else 0,
+        norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias, out_weight, balancing_biases, out_w, out_e, sink,
+        t, width, n_classes, eps, s.stride(0), prev.stride(0) if prev is not None else 0, n_blocks, n_warm,
         R_PAD=r_pad, E_PAD=max(16, triton.next_power_of_2(n_classes)), BLOCK_T=block_t, CHUNK=chunk,
         HAS_PREV=prev is not None,
-        PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32", WARM_BLOCK=1024,
         num_warps=cfg.num_warps, num_stages=stages,
     )
     return out_w, out_e

@@ -47,6 +47,9 @@ class KernelConfig:
     heads_first: int = 0
     k_rows: int = 0
     tma: int = 0  # prefill_attention: 1 = Q/K/V through tensor descriptors (Hopper's TMA)
+    # router only: extra programs that each load one slice of the MLP weights and discard it,
+    # so the weights come from HBM over that many SMs at once (see model/kernels/router.py)
+    l2_warm: int = 0
 
 
 # Per-kernel entries. Keys are used by the launchers in this package:
@@ -61,7 +64,8 @@ class KernelConfig:
 #   moe_medium          grouped GEMM at decode batches of 64 or more tokens (experts may see
 #                       tens to hundreds of rows: larger tiles re-read each expert's weights less)
 #   moe_large           grouped GEMM for prefill-sized token counts
-#   router              block_m tokens per program; block_k = chunk of the router width
+#   router              block_m tokens per program; block_k = chunk of the router width;
+#                       l2_warm = weight-warming programs (0 = none)
 DeviceTable = Mapping[str, KernelConfig]
 
 # Measured on an NVIDIA H100 80GB HBM3 on 2026-11-25 with `scripts/bench_kernels.py --sweep`
@@ -173,6 +177,7 @@ def _resolved(kernel: str, name: str, override_path: str) -> KernelConfig:
 
 
 _FLAGS = frozenset({"swap_ab", "heads_first", "k_rows", "tma"})  # the 0/1 fields
+_COUNTS = frozenset({"l2_warm"})  # fields where 0 means "none"
 
 
 @lru_cache(maxsize=None)
@@ -190,9 +195,11 @@ def _overrides(path: str) -> dict[str, dict[str, int]]:
         if kernel not in DEFAULT:
             raise ValueError(f"ZAYA_KERNEL_TUNING={path}: unknown kernel {kernel!r}; known: {sorted(DEFAULT)}")
         if not isinstance(entry, dict) or not set(entry) <= known or not all(
-                isinstance(v, int) and (v in (0, 1) if k in _FLAGS else v > 0) for k, v in entry.items()):
+                isinstance(v, int) and (v in (0, 1) if k in _FLAGS else v >= 0 if k in _COUNTS else v > 0)
+                for k, v in entry.items()):
             raise ValueError(f"ZAYA_KERNEL_TUNING={path}: {kernel!r} must map fields {sorted(known)} "
-                             f"to positive integers ({', '.join(sorted(_FLAGS))}: 0 or 1), got {entry!r}")
+                             f"to positive integers ({', '.join(sorted(_FLAGS))}: 0 or 1; "
+                             f"{', '.join(sorted(_COUNTS))}: 0 or more), got {entry!r}")
     return data
 
 

@@ -330,6 +330,18 @@ def test_router_top1_matches_float64_choice_and_weight(dtype: torch.dtype, token
     _check(weight[same], w64[same], dtype, "router weight")
 
 
+def _depth_average_case(g: torch.Generator, tokens: int, dtype: torch.dtype) -> tuple:
+    """Router inputs with the previous layer's state: s, prev, prev_scale, weights, biases."""
+    r, classes = 256, 17
+    s = _randn(tokens, r, dtype=dtype, g=g, scale=2.0)
+    prev = _randn(tokens, r, dtype=dtype, g=g, scale=2.0)
+    scale = _randn(r, dtype=dtype, g=g, scale=0.5) + 1.0
+    wts = _router_weights(r, classes, dtype, g)
+    bias = torch.zeros(classes, device=DEVICE)
+    bias[-1] = -1.0
+    return s, prev, scale, wts, bias
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_router_forms_the_depth_average_in_place(dtype: torch.dtype) -> None:
     # With the previous layer's state, s + prev * scale is formed in the kernel and left in
@@ -338,14 +350,7 @@ def test_router_forms_the_depth_average_in_place(dtype: torch.dtype) -> None:
     # rounds once; seen on H200 in fp32 and bf16), so the state is held to the error bound
     # of two roundings: one unit in the last place of |s| + |prev * scale|, which is not
     # relative to the (possibly cancelled) sum.
-    g = _gen(41)
-    r, classes = 256, 17
-    s = _randn(40, r, dtype=dtype, g=g, scale=2.0)
-    prev = _randn(40, r, dtype=dtype, g=g, scale=2.0)
-    scale = _randn(r, dtype=dtype, g=g, scale=0.5) + 1.0
-    wts = _router_weights(r, classes, dtype, g)
-    bias = torch.zeros(classes, device=DEVICE)
-    bias[-1] = -1.0
+    s, prev, scale, wts, bias = _depth_average_case(_gen(41), 40, dtype)
     expect_s = s + prev * scale
     w_plain, c_plain = router_top1(expect_s.clone(), **wts, balancing_biases=bias, eps=1e-5)
     got = s.clone()
@@ -381,14 +386,7 @@ def test_router_l2_warm_up_programs_leave_the_result_unchanged(warm: int, tmp_pa
     # code, so weights, choices and the depth-average state are bit-identical with or without.
     import json
 
-    g = _gen(43 + warm)
-    r, classes, dtype = 256, 17, DTYPES[0]
-    s = _randn(45, r, dtype=dtype, g=g, scale=2.0)
-    prev = _randn(45, r, dtype=dtype, g=g, scale=2.0)
-    scale = _randn(r, dtype=dtype, g=g, scale=0.5) + 1.0
-    wts = _router_weights(r, classes, dtype, g)
-    bias = torch.zeros(classes, device=DEVICE)
-    bias[-1] = -1.0
+    s, prev, scale, wts, bias = _depth_average_case(_gen(43 + warm), 45, DTYPES[0])
     s_plain, s_warm = s.clone(), s.clone()
     plain = router_top1(s_plain, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale)
     path = tmp_path / f"warm-{warm}.json"

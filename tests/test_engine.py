@@ -172,6 +172,22 @@ def test_sampler_cuts_like_generate_and_greedy_rows_take_the_argmax() -> None:
     assert sample(torch.tensor([[0.0, 5.0, 1.0], [9.0, 0.0, 0.0]]), mixed).tolist() == [1, 0]
 
 
+def test_greedy_rows_take_the_argmax_of_the_logits_own_dtype() -> None:
+    # Greedy no longer widens the logits to fp32 first: the same indices, ties to the first
+    # and NaN above everything, for bf16 and fp16 logits as for their fp32 copies.
+    g = torch.Generator().manual_seed(5)
+    for dtype in (torch.bfloat16, torch.float16):
+        logits = (torch.randn(48, 3001, generator=g) * 4).to(dtype)
+        logits[3, 17] = float("nan")
+        logits[5] = logits[5, 9]  # a row of ties
+        logits[6, 100:110] = logits[6].max()
+        batch = SamplingBatch.build([0.0] * 48, [1.0] * 48, [0] * 48, [1] * 48, [0] * 48, torch.device("cpu"))
+        assert torch.equal(sample(logits, batch), logits.float().argmax(dim=-1))
+        mixed = SamplingBatch.build([0.0, 1.0] * 24, [1.0] * 48, [0] * 48, [1] * 48, [0] * 48, torch.device("cpu"))
+        drawn = sample(logits, mixed)
+        assert torch.equal(drawn[0::2], logits.float().argmax(dim=-1)[0::2])
+
+
 def test_stop_tokens_and_stop_strings_give_generates_completions(model, reference) -> None:
     row = reference[0].token_ids
     stop_tok = row[6]

@@ -89,13 +89,16 @@ _HOPPER: DeviceTable = {
     # 2026-12-02 22:40 (scripts/tune_decode.py): swapped 16x64x128 w4 s4 sums 238.3 us over
     # the sweep's cases against 247.5 for the unswapped 16x64x256 w4 s3
     "moe_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, swap_ab=1),
-    # first guess (64-row tiles are the smallest Hopper's warpgroup MMA takes); re-time with
-    # scripts/tune_decode.py, whose JSON output ZAYA_KERNEL_TUNING loads
+    # H200 2026-12-03 (scripts/tune_decode.py, 28 candidates): the best at T=256 routed over ~5
+    # experts within 2% (61.6 us), 123.8 us over 16; the sweep-sum winner (swapped 32x64x128 s4)
+    # is 68.4 us on the skewed case and cost 10% of engine decode at batch 256
     "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3),
     # T=8192: 128x128x64 w8 s3 635 us; 128x64 w4 685; 64x128 w4 802; 128x256 w8 out of shared memory
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
-    # T=1: chunk 128 w8 s2 15.0 us; chunk 64 w4 s1 18.3
-    "router": KernelConfig(block_m=16, block_k=128, num_warps=8, num_stages=2),
+    # H200 2026-12-03 (scripts/tune_decode.py, cold L2, T=1/64/256): chunk 256 w8 s3 with 32 L2
+    # warm-up programs 12.8/13.2/13.2 us against chunk 128 w8 s2 without 14.1/14.3/14.4 (the
+    # earlier entry; 32 tile/warp/stage candidates swept before it, none faster)
+    "router": KernelConfig(block_m=16, block_k=256, num_warps=8, num_stages=3, l2_warm=32),
 }
 
 # AMD Instinct MI300X (ROCm): NOT MEASURED. No MI300X was available to this project; these

@@ -241,6 +241,14 @@ def test_overlapped_decode_gives_the_synchronous_engines_completions(model) -> N
 
     def run(overlap: bool) -> tuple[dict[int, tuple], list[bool], dict[str, int]]:
         engine = Engine(model, dataclasses.replace(SMALL, max_batch_size=4, overlap=overlap))
+        forward = engine.runner.decode
+        rows = [0]
+
+        def counting(inp, splits):
+            rows[0] += inp.ids.shape[0]
+            return forward(inp, splits)
+
+        engine.runner.decode = counting
         arrivals = {0: [0, 1], 2: [2], 3: [3, 0], 6: [1, 2]}
         ids, done, lagging = {}, {}, []
         step, aborted = 0, None
@@ -258,13 +266,17 @@ def test_overlapped_decode_gives_the_synchronous_engines_completions(model) -> N
             lagging += [s.num_computed == s.length for s in running]
             step += 1
         assert engine.cache.pages.num_free == engine.cache.pages.capacity
-        return done, lagging, engine.stats()
+        return done, lagging, engine.stats() | {"decode rows": rows[0]}
 
     sync, sync_lag, sync_stats = run(False)
     over, over_lag, over_stats = run(True)
     assert over == sync and len(sync) == 6  # six finished, one aborted
     assert any(f == "stop" for _, f, _ in sync.values()) and any(f == "length" for _, f, _ in sync.values())
     assert not any(sync_lag) and any(over_lag)
+    # one extra row per sequence that a sampled stop token ended in decode; none for the
+    # length limit, which is known before the token is read back
+    stopped = sum(f == "stop" and len(t) > 1 for t, f, _ in sync.values())
+    assert over_stats["decode rows"] - sync_stats["decode rows"] == stopped
     # the same tokens applied, less the aborted request's token that was in flight at the abort
     assert over_stats["decode_tokens"] == sync_stats["decode_tokens"] - 1
 

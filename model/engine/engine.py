@@ -19,11 +19,14 @@ Decode steps overlap the host with the device: a step launches its decode forwar
 with the previous step's sampled tokens still on the device (they are the new input ids,
 copied on the device), and only then reads those tokens back and applies the stop rules, so
 the host's bookkeeping runs while the GPU computes instead of between its steps. A sequence
-that stopped at step k is therefore computed once more at step k+1, and that row is dropped.
+that stopped at step k on a stop token or string is therefore computed once more at step k+1,
+and that row is dropped.
 The tokens, and so the completions, are those of a synchronous engine: each row's inputs,
 positions and noise steps are the same. The host catches up before scheduling (no overlap)
 whenever the next schedule could preempt (too few free pages for every decoder to take one),
-since a preempted sequence's recompute needs all its tokens on the host.
+since a preempted sequence's recompute needs all its tokens on the host. A sequence whose
+token in flight ends it by length (max_new_tokens, max_model_len) is not scheduled again:
+only stop tokens and stop strings, which depend on the token's value, cost the extra row.
 """
 
 from __future__ import annotations
@@ -302,6 +305,10 @@ class Engine:
             s.num_computed += 1
         # the noise step of a row is its index in the completion, counting the token in flight
         steps = [len(s.output) + (s.request_id in pending) for s in seqs]
+        for s, k in zip(seqs, steps):
+            # the token drawn now is the completion's (k+1)-th: if that ends it by length, the
+            # sequence is done whatever the token is, so the next step does not compute it again
+            s.last_in_flight = k + 1 >= s.params.max_new_tokens or len(s.prompt) + k + 1 >= self.max_model_len
         tokens = self._draw(logits, seqs, steps)
         host_tokens = self._landing[self.steps % 2][:n]
         ready = None

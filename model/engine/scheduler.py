@@ -106,7 +106,7 @@ class Scheduler:
         plan = StepPlan()
         pool = self.cache.pages
         # 1. Decoders, oldest first; each may need a fresh page for the position it writes.
-        for seq in [s for s in self.active if s.status is Status.RUNNING]:
+        for seq in [s for s in self.active if s.status is Status.RUNNING and not s.last_in_flight]:
             if seq.status is not Status.RUNNING:  # preempted while serving an older sequence
                 continue
             if seq.num_computed // self.page_size < len(seq.pages):

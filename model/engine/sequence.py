@@ -38,6 +38,9 @@ class Sequence:
     followers: list[Sequence] = field(default_factory=list)  # prefix-sharing siblings (leader only)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # its last token (by max_new_tokens or max_model_len) is sampled but not yet applied on the
+    # host (the engine's overlapped decode): nothing more to compute, so it is not scheduled
+    last_in_flight: bool = False
 
     @property
     def tokens(self) -> list[int]:

@@ -66,7 +66,7 @@ def main() -> int:
     t, _ = cuda_time(lambda: [engine.step() for _ in range(args.steps)])
     out["step_ms"] = 1e3 * t / args.steps
     # the graph replay alone
-    host = torch.tensor([[s.tokens[-1] for s in seqs], [s.num_computed for s in seqs],
+    host = torch.tensor([[s.last_token for s in seqs], [s.num_computed for s in seqs],
                          [s.slot for s in seqs], [s.num_computed + 1 for s in seqs]], dtype=torch.int64)
     t, logits = cuda_time(lambda: [engine.graphs.run(host) for _ in range(args.steps)][-1])
     out["replay_ms"] = 1e3 * t / args.steps

@@ -284,8 +284,7 @@ class Engine:
         by `_apply` in the next step). Rows whose input is a token of `previous` take it there."""
         pending = previous.rows if previous is not None else {}
         n = len(seqs)
-        host = torch.tensor([[0 if s.request_id in pending else (s.output[-1] if s.output else s.prompt[-1])
-                              for s in seqs],
+        host = torch.tensor([[0 if s.request_id in pending else s.last_token for s in seqs],
                              [s.num_computed for s in seqs], [s.slot for s in seqs],
                              [s.num_computed + 1 for s in seqs]], dtype=torch.int64)
         bucket = self.graphs.bucket_for(n) if self.graphs is not None else None

@@ -47,6 +47,11 @@ class Sequence:
         return self.prompt + self.output
 
     @property
+    def last_token(self) -> int:
+        """The newest token (the next decode input): `tokens[-1]` without building the list."""
+        return self.output[-1] if self.output else self.prompt[-1]
+
+    @property
     def length(self) -> int:
         return len(self.prompt) + len(self.output)
 

@@ -187,19 +187,23 @@ def main() -> int:
     ap.add_argument("--only", default="moe_medium,moe_small,conv_decode,router",
                     help="comma-separated regimes to sweep (default: all)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("tune_decode: no CUDA device; nothing to tune")
-        return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    print(f"# decode kernel sweep on {torch.cuda.get_device_name()}, torch {torch.__version__}")
     tuners: dict[str, Callable[[], tuple[KernelConfig, list[str]]]] = {
         "moe_medium": lambda: tune_moe(args.out, "moe_medium"),
         "moe_small": lambda: tune_moe(args.out, "moe_small"),
         "conv_decode": lambda: tune_conv(args.out),
         "router": lambda: tune_router(args.out),
     }
+    regimes = args.only.split(",")
+    unknown = [r for r in regimes if r not in tuners]
+    if unknown:
+        ap.error(f"--only: unknown regime(s) {', '.join(unknown)}; known: {', '.join(tuners)}")
+    if not torch.cuda.is_available():
+        print("tune_decode: no CUDA device; nothing to tune")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"# decode kernel sweep on {torch.cuda.get_device_name()}, torch {torch.__version__}")
     result: dict[str, Any] = {}
-    for regime in args.only.split(","):
+    for regime in regimes:
         try:
             best, lines = tuners[regime]()
         except Exception as exc:

@@ -136,36 +136,6 @@ def test_near_dedup_off_gives_exact_only_and_empty_texts_are_exact_duplicates() 
     ]
 
 
-def test_blocked_minhash_equals_the_definition() -> None:
-    """The cache-blocked MinHash is min over a document's shingles of (a*x + b) >> 32 (mod
-    2^64), column by column, for blocks cut anywhere: tiny blocks, a document longer than a
-    block, documents without words."""
-    import numpy as np
-
-    from zaya_data.clean import dedup
-    from zaya_data.clean.config import NearDedupSpec
-
-    rng = random.Random(3)
-    words = [f"w{i}" for i in range(300)]
-    texts = [" ".join(rng.choice(words) for _ in range(rng.choice([0, 1, 3, 7, 40, 900]))) for _ in range(60)]
-    spec = NearDedupSpec(shingle=3, permutations=40, bands=10, threshold=0.8, seed=5)
-    shingles, offsets = dedup.shingle_hashes(texts, spec.shingle)
-    a, b = dedup._permutations(spec)
-    want = np.full((len(texts), spec.permutations), 0xFFFFFFFF, dtype=np.uint32)
-    with np.errstate(over="ignore"):
-        for i in range(len(texts)):
-            x = shingles[offsets[i]:offsets[i + 1]]
-            if len(x):
-                want[i] = ((x[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0)
-    saved = dedup._SHINGLE_BLOCK
-    try:
-        for block in (1, 5, 64, 4096):
-            dedup._SHINGLE_BLOCK = block
-            assert np.array_equal(dedup.minhash(texts, spec), want), block
-    finally:
-        dedup._SHINGLE_BLOCK = saved
-
-
 def _reference_drops(edges: pa.Table) -> list[tuple]:
     """Python union-find over key tuples: each cluster keeps its smallest key."""
     from zaya_data.clean.dedup import KEY_COLUMNS

@@ -80,16 +80,20 @@ def ref_shingle_hashes(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray
     return dedup._mix(out), out_offsets
 
 
-def ref_minhash(texts: list[str], spec: NearDedupSpec) -> np.ndarray:
-    shingles, offsets = ref_shingle_hashes(texts, spec.shingle)
+def ref_minhash_of(shingles: np.ndarray, offsets: np.ndarray, spec: NearDedupSpec) -> np.ndarray:
+    """The definition: per document, min over its shingles of (a*x + b) >> 32 (mod 2^64)."""
     a, b = dedup._permutations(spec)
-    sig = np.full((len(texts), spec.permutations), 0xFFFFFFFF, dtype=np.uint32)
+    sig = np.full((len(offsets) - 1, spec.permutations), 0xFFFFFFFF, dtype=np.uint32)
     with np.errstate(over="ignore"):
-        for i in range(len(texts)):
+        for i in range(len(offsets) - 1):
             x = shingles[offsets[i] : offsets[i + 1]]
             if len(x):
                 sig[i] = ((x[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0)
     return sig
+
+
+def ref_minhash(texts: list[str], spec: NearDedupSpec) -> np.ndarray:
+    return ref_minhash_of(*ref_shingle_hashes(texts, spec.shingle), spec)
 
 
 def ref_band_hashes(sig: np.ndarray, spec: NearDedupSpec) -> np.ndarray:
@@ -319,11 +323,26 @@ def test_minhash_blocks_equal_the_reference(real_texts) -> None:
     the reference MinHash."""
     texts = real_texts[:120] + EDGE
     nd = spec_for(5, 40, 10).near_dedup
-    want = ref_minhash(texts, nd)
+    assert_every_block_gives(texts, nd, ref_minhash(texts, nd), (1, 7, 300, 4096))
+
+
+def assert_every_block_gives(texts: list[str], spec: NearDedupSpec, want: np.ndarray, blocks: tuple[int, ...]) -> None:
     saved = dedup._SHINGLE_BLOCK
     try:
-        for block in (1, 7, 300, 4096):
+        for block in blocks:
             dedup._SHINGLE_BLOCK = block
-            assert np.array_equal(dedup.minhash(texts, nd), want), block
+            assert np.array_equal(dedup.minhash(texts, spec), want), block
     finally:
         dedup._SHINGLE_BLOCK = saved
+
+
+def test_blocked_minhash_equals_the_definition() -> None:
+    """The cache-blocked MinHash is min over a document's shingles of (a*x + b) >> 32 (mod
+    2^64), column by column, for blocks cut anywhere: tiny blocks, a document longer than a
+    block, documents without words."""
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.choice([0, 1, 3, 7, 40, 900]))) for _ in range(60)]
+    spec = NearDedupSpec(shingle=3, permutations=40, bands=10, threshold=0.8, seed=5)
+    assert_every_block_gives(texts, spec, ref_minhash_of(*dedup.shingle_hashes(texts, spec.shingle), spec),
+                             (1, 5, 64, 4096))

@@ -335,8 +335,8 @@ print([c.token_ids for c in out] == [c.token_ids for c in generate(m, prompts, p
 """
 
 
-@pytest.mark.parametrize(("fused_qk", "table"), [("0", "default"), ("1", "default"), ("1", "H100")],
-                         ids=["composed-qk", "fused-qk", "fused-qk-hopper-table"])
+@pytest.mark.parametrize(("fused_qk", "table"), [("0", "default"), ("1", "default"), ("1", "H100"), ("1", "split-k")],
+                         ids=["composed-qk", "fused-qk", "fused-qk-hopper-table", "fused-qk-moe-split-k"])
 def test_triton_kernels_in_the_engine_match_generate_under_the_interpreter(fused_qk: str, table: str,
                                                                             tmp_path: Path) -> None:
     # TRITON_INTERPRET must be set before Triton is imported: a fresh interpreter. The 8-token
@@ -344,16 +344,21 @@ def test_triton_kernels_in_the_engine_match_generate_under_the_interpreter(fused
     # config's shapes (4 query heads, 2 key heads, head_dim 16) are ones the fused q/k kernel
     # takes, so unless ZAYA_FUSED_QK=0 it runs in every layer of prefill and decode. The
     # interpreter gets the CPU table; "H100" forces the Hopper entries (TMA prefill, swapped
-    # MoE tiles) through ZAYA_KERNEL_TUNING, so the code paths the GPU runs are checked here too.
+    # MoE tiles) through ZAYA_KERNEL_TUNING, so the code paths the GPU runs are checked here too;
+    # "split-k" cuts the tiny model's K of 64 into three slices of 16 in every MoE GEMM.
+    import json
+
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT), ZAYA_FUSED_QK=fused_qk)
-    if table != "default":
-        import json
+    if table == "H100":
         from dataclasses import asdict
 
         from model.kernels import tuning
 
-        entries = tuning._table_for(table)
-        (tmp_path / "table.json").write_text(json.dumps({k: asdict(v) for k, v in entries.items()}))
+        entries = {k: asdict(v) for k, v in tuning._table_for(table).items()}
+    elif table == "split-k":
+        entries = {r: {"block_k": 16, "split_k": 3} for r in ("moe_small", "moe_medium", "moe_large")}
+    if table != "default":
+        (tmp_path / "table.json").write_text(json.dumps(entries))
         env["ZAYA_KERNEL_TUNING"] = str(tmp_path / "table.json")
     done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True,
                           timeout=300, cwd=ROOT)

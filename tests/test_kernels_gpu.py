@@ -257,15 +257,17 @@ def _moe_inputs(t: int, e: int, h: int, i: int, dtype: torch.dtype, g: torch.Gen
     return x, ids, w, gu, dn
 
 
+@pytest.mark.parametrize("split_k", [1, 3], ids=["whole-K", "split-K3"])
 @pytest.mark.parametrize("swap_ab", [0, 1], ids=["tokens-on-M", "weights-on-M"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tokens", [1, 37, 100, 300])  # small, small, medium, large tiles (5 experts)
-def test_moe_grouped_gemm_with_skip_class(dtype: torch.dtype, tokens: int, swap_ab: int, tmp_path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_moe_grouped_gemm_with_skip_class(dtype: torch.dtype, tokens: int, swap_ab: int, split_k: int,
+                                          tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     regimes = ("moe_small", "moe_medium", "moe_large")
-    (tmp_path / "t.json").write_text(json.dumps({r: {"swap_ab": swap_ab} for r in regimes}))
+    table = {r: {"swap_ab": swap_ab, "split_k": split_k} for r in regimes}
+    (tmp_path / "t.json").write_text(json.dumps(table))
     monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(tmp_path / "t.json"))
     from model.kernels import moe
 
@@ -283,6 +285,11 @@ def test_moe_grouped_gemm_with_skip_class(dtype: torch.dtype, tokens: int, swap_
         _check(out[~skipped], expect[~skipped], dtype, f"moe T={tokens}")
     swapped = ["_gate_up_swapped_kernel", "_down_swapped_kernel"]
     assert launched == (swapped if swap_ab else ["_gate_up_kernel", "_down_kernel"])
+    if split_k > 1:
+        # The splits are summed in split order by the last arriver: the same bits every run, and
+        # the arrival counters are back at zero for the next launch (or the next graph replay).
+        assert torch.equal(moe_top1(x, ids, w, gu, dn), out), "split-K output must be run-to-run identical"
+        assert int(moe._split_counters(out.device, 0).abs().sum()) == 0, "split-K counters must be reset"
 
 
 class _Recorded:

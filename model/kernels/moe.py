@@ -18,6 +18,17 @@ tokens, but Hopper's warpgroup MMA needs 64 rows on its M side, so a 64-row toke
 FLOPs: enough to make the "memory-bound" MoE compute-bound). The swapped kernels compute the
 transposed product, weight rows on M and tokens on N (16 suffice), with the same tiles,
 schedule and roundings.
+
+Split-K (a config's `split_k` > 1; decode regimes): at decode sizes the grid is a few token
+tiles x the weight columns, e.g. ~6 x 32 = 192 programs at batch 256 routed over ~5 experts,
+too few to keep 132 SMs' worth of loads in flight, and at batch 1 a single tile: 32 programs.
+Each (tile, column) is then cut along K into `split_k` programs (grid axis 2). A program adds
+its K range, takes a ticket from the tile's counter once its sum is done; the last to arrive
+(ticket split_k - 1) waits for the others' fp32 partials, adds all of them in split order (so
+the bits do not depend on which program came last) and runs the epilogue; the others publish
+their partial and leave. Waiting is safe: whoever holds an earlier ticket is already running
+and never waits. The last one resets the counters, so they are zero again for the next launch
+and for CUDA-graph replays without a memset.
 """
 
 from __future__ import annotations
@@ -30,6 +41,54 @@ from .tuning import KernelConfig, kernel_config
 
 
 @triton.jit
+def _k_range(k_total, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """This program's [lo, hi) of the reduction dimension: whole BLOCK_K steps, split pid 2."""
+    per = tl.cdiv(tl.cdiv(k_total, BLOCK_K), SPLIT_K) * BLOCK_K
+    lo = tl.program_id(2) * per
+    return lo, tl.minimum(lo + per, k_total)
+
+
+@triton.jit
+def _arrive(SEM, slot):
+    """A ticket for this (tile, column): 0..split_k-1 in the order the K slices finish."""
+    return tl.atomic_add(SEM + 2 * slot, 1)
+
+
+@triton.jit
+def _publish(ptrs, acc, mask):
+    tl.store(ptrs, acc, mask=mask, cache_modifier=".cg")
+
+
+@triton.jit
+def _release(SEM, slot):
+    tl.debug_barrier()  # every thread's partial stores come before the flag
+    tl.atomic_add(SEM + 2 * slot + 1, 1, sem="release")
+
+
+@triton.jit
+def _acquire(SEM, slot, SPLIT_K: tl.constexpr):
+    """Wait until the split_k - 1 other slices are published, then zero the counters."""
+    done = tl.atomic_add(SEM + 2 * slot + 1, 0, sem="acquire")
+    while done < SPLIT_K - 1:
+        done = tl.atomic_add(SEM + 2 * slot + 1, 0, sem="acquire")
+    tl.debug_barrier()
+    tl.store(SEM + 2 * slot, 0)
+    tl.store(SEM + 2 * slot + 1, 0)
+
+
+@triton.jit
+def _collect(ptrs, split_stride, acc, mask, SPLIT_K: tl.constexpr):
+    """Sum of all slices' partials in split order; this program's own slice from registers."""
+    # as a tensor of acc's shape: Triton's interpreter rejects a tensor & scalar mask
+    me = tl.program_id(2) + tl.zeros(acc.shape, dtype=tl.int32)
+    total = tl.zeros_like(acc)
+    for s in tl.static_range(SPLIT_K):
+        part = tl.load(ptrs + s * split_stride, mask=mask & (me != s), other=0.0, cache_modifier=".cg")
+        total += tl.where(me == s, acc, part)
+    return total
+
+
+@triton.jit
 def _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr):
     tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
@@ -38,11 +97,61 @@ def _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M: 
 
 
 @triton.jit
+def _swiglu_store(H, acc_g, acc_u, h_ptrs, mask):
+    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+    tl.store(h_ptrs, h.to(H.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _weighted_store(Y, acc, y_ptrs, wr, mask):
+    # Round the expert output to the model dtype before the router weight, as upstream does.
+    acc = acc.to(Y.dtype.element_ty).to(tl.float32)
+    tl.store(y_ptrs, (acc * wr).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gate_up_finish(H, WS, SEM, acc_g, acc_u, h_ptrs, ws_ptrs, mask, inter, stride_wss,
+                    SPLIT_K: tl.constexpr):
+    """SwiGLU epilogue, after the split-K reduction when there is one (see the module doc)."""
+    if SPLIT_K == 1:
+        _swiglu_store(H, acc_g, acc_u, h_ptrs, mask)
+    else:
+        slot = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        if _arrive(SEM, slot) == SPLIT_K - 1:
+            _acquire(SEM, slot, SPLIT_K)
+            acc_g = _collect(ws_ptrs, stride_wss, acc_g, mask, SPLIT_K)
+            acc_u = _collect(ws_ptrs + inter, stride_wss, acc_u, mask, SPLIT_K)
+            _swiglu_store(H, acc_g, acc_u, h_ptrs, mask)
+        else:
+            me = tl.program_id(2)
+            _publish(ws_ptrs + me * stride_wss, acc_g, mask)
+            _publish(ws_ptrs + inter + me * stride_wss, acc_u, mask)
+            _release(SEM, slot)
+
+
+@triton.jit
+def _down_finish(Y, WS, SEM, acc, y_ptrs, wr, ws_ptrs, mask, stride_wss, SPLIT_K: tl.constexpr):
+    """Weighted scatter epilogue, after the split-K reduction when there is one."""
+    if SPLIT_K == 1:
+        _weighted_store(Y, acc, y_ptrs, wr, mask)
+    else:
+        slot = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        if _arrive(SEM, slot) == SPLIT_K - 1:
+            _acquire(SEM, slot, SPLIT_K)
+            acc = _collect(ws_ptrs, stride_wss, acc, mask, SPLIT_K)
+            _weighted_store(Y, acc, y_ptrs, wr, mask)
+        else:
+            _publish(ws_ptrs + tl.program_id(2) * stride_wss, acc, mask)
+            _release(SEM, slot)
+
+
+@triton.jit
 def _gate_up_kernel(
-    X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END,
+    X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
     hidden, inter, n_experts,
-    stride_xt, stride_we, stride_wn, stride_wk, stride_ht,
+    stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -56,15 +165,16 @@ def _gate_up_kernel(
     tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < inter
+    k_lo, k_hi = _k_range(hidden, BLOCK_K, SPLIT_K)
     offs_k = tl.arange(0, BLOCK_K)
-    x_ptr = X + tok[:, None] * stride_xt + offs_k[None, :]
+    x_ptr = X + tok[:, None] * stride_xt + (k_lo + offs_k)[None, :]
     w_base = W + e.to(tl.int64) * stride_we
-    wg_ptr = w_base + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    wg_ptr = w_base + offs_n[None, :] * stride_wn + (k_lo + offs_k)[:, None] * stride_wk
     wu_ptr = wg_ptr + inter * stride_wn
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
-        kmask = (k0 + offs_k) < hidden
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kmask = (k0 + offs_k) < k_hi
         xt = tl.load(x_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
         wg = tl.load(wg_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
         wu = tl.load(wu_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
@@ -73,17 +183,19 @@ def _gate_up_kernel(
         x_ptr += BLOCK_K
         wg_ptr += BLOCK_K * stride_wk
         wu_ptr += BLOCK_K * stride_wk
-    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
-    tl.store(H + rows.to(tl.int64)[:, None] * stride_ht + offs_n[None, :], h.to(H.dtype.element_ty),
-             mask=rmask[:, None] & nmask[None, :])
+    rows64 = rows.to(tl.int64)
+    _gate_up_finish(H, WS, SEM, acc_g, acc_u, H + rows64[:, None] * stride_ht + offs_n[None, :],
+                    WS + rows64[:, None] * stride_wsr + offs_n[None, :], rmask[:, None] & nmask[None, :],
+                    inter, stride_wss, SPLIT_K)
 
 
 @triton.jit
 def _down_kernel(
-    H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END,
+    H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
     hidden, inter, n_experts,
-    stride_ht, stride_we, stride_wn, stride_wk, stride_yt,
+    stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -97,33 +209,35 @@ def _down_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < hidden
     if e == n_experts:  # the skip class: these tokens' output is zero (no separate fill launch)
-        _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M, BLOCK_N)
+        if tl.program_id(2) == 0:
+            _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M, BLOCK_N)
         return
+    k_lo, k_hi = _k_range(inter, BLOCK_K, SPLIT_K)
     offs_k = tl.arange(0, BLOCK_K)
-    h_ptr = H + rows.to(tl.int64)[:, None] * stride_ht + offs_k[None, :]
-    w_ptr = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    h_ptr = H + rows.to(tl.int64)[:, None] * stride_ht + (k_lo + offs_k)[None, :]
+    w_ptr = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + (k_lo + offs_k)[:, None] * stride_wk
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, inter, BLOCK_K):
-        kmask = (k0 + offs_k) < inter
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kmask = (k0 + offs_k) < k_hi
         ht = tl.load(h_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
         wt = tl.load(w_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(ht, wt, acc, input_precision=PRECISION)
         h_ptr += BLOCK_K
         w_ptr += BLOCK_K * stride_wk
-    # Round the expert output to the model dtype before the router weight, as upstream does.
-    acc = acc.to(Y.dtype.element_ty).to(tl.float32)
     wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
     tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
-    tl.store(Y + tok[:, None] * stride_yt + offs_n[None, :], (acc * wr[:, None]).to(Y.dtype.element_ty),
-             mask=rmask[:, None] & nmask[None, :])
+    _down_finish(Y, WS, SEM, acc, Y + tok[:, None] * stride_yt + offs_n[None, :], wr[:, None],
+                 WS + rows.to(tl.int64)[:, None] * stride_wsr + offs_n[None, :],
+                 rmask[:, None] & nmask[None, :], stride_wss, SPLIT_K)
 
 
 @triton.jit
 def _gate_up_swapped_kernel(
-    X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END,
+    X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
     hidden, inter, n_experts,
-    stride_xt, stride_we, stride_wn, stride_wk, stride_ht,
+    stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """`_gate_up_kernel` with the product transposed: h^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, K] @
     x^T [K, BLOCK_M]. The weight rows fill the MMA's M side (Hopper's warpgroup MMA needs 64
@@ -141,15 +255,16 @@ def _gate_up_swapped_kernel(
     tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < inter
+    k_lo, k_hi = _k_range(hidden, BLOCK_K, SPLIT_K)
     offs_k = tl.arange(0, BLOCK_K)
-    xt_ptr = X + tok[None, :] * stride_xt + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
+    xt_ptr = X + tok[None, :] * stride_xt + (k_lo + offs_k)[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_base = W + e.to(tl.int64) * stride_we
-    wg_ptr = w_base + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk  # [BLOCK_N, BLOCK_K]
+    wg_ptr = w_base + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk  # [BLOCK_N, BLOCK_K]
     wu_ptr = wg_ptr + inter * stride_wn
     acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
-        kmask = (k0 + offs_k) < hidden
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kmask = (k0 + offs_k) < k_hi
         xt = tl.load(xt_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
         wg = tl.load(wg_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
         wu = tl.load(wu_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
@@ -158,17 +273,19 @@ def _gate_up_swapped_kernel(
         xt_ptr += BLOCK_K
         wg_ptr += BLOCK_K * stride_wk
         wu_ptr += BLOCK_K * stride_wk
-    h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
-    tl.store(H + rows.to(tl.int64)[None, :] * stride_ht + offs_n[:, None], h.to(H.dtype.element_ty),
-             mask=nmask[:, None] & rmask[None, :])
+    rows64 = rows.to(tl.int64)
+    _gate_up_finish(H, WS, SEM, acc_g, acc_u, H + rows64[None, :] * stride_ht + offs_n[:, None],
+                    WS + rows64[None, :] * stride_wsr + offs_n[:, None], nmask[:, None] & rmask[None, :],
+                    inter, stride_wss, SPLIT_K)
 
 
 @triton.jit
 def _down_swapped_kernel(
-    H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END,
+    H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
     hidden, inter, n_experts,
-    stride_ht, stride_we, stride_wn, stride_wk, stride_yt,
+    stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """`_down_kernel` transposed like `_gate_up_swapped_kernel`: y^T = Wd @ h^T per tile."""
     pid_m = tl.program_id(0)
@@ -183,24 +300,26 @@ def _down_swapped_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < hidden
     if e == n_experts:  # the skip class: these tokens' output is zero (no separate fill launch)
-        _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M, BLOCK_N)
+        if tl.program_id(2) == 0:
+            _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M, BLOCK_N)
         return
+    k_lo, k_hi = _k_range(inter, BLOCK_K, SPLIT_K)
     offs_k = tl.arange(0, BLOCK_K)
-    ht_ptr = H + rows.to(tl.int64)[None, :] * stride_ht + offs_k[:, None]  # h^T tile [BLOCK_K, BLOCK_M]
-    w_ptr = W + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    ht_ptr = H + rows.to(tl.int64)[None, :] * stride_ht + (k_lo + offs_k)[:, None]  # h^T tile [BLOCK_K, BLOCK_M]
+    w_ptr = W + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, inter, BLOCK_K):
-        kmask = (k0 + offs_k) < inter
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kmask = (k0 + offs_k) < k_hi
         ht = tl.load(ht_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
         wt = tl.load(w_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
         acc = tl.dot(wt, ht, acc, input_precision=PRECISION)
         ht_ptr += BLOCK_K
         w_ptr += BLOCK_K * stride_wk
-    acc = acc.to(Y.dtype.element_ty).to(tl.float32)  # rounded before the router weight, as upstream
     wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
     tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
-    tl.store(Y + tok[None, :] * stride_yt + offs_n[:, None], (acc * wr[None, :]).to(Y.dtype.element_ty),
-             mask=nmask[:, None] & rmask[None, :])
+    _down_finish(Y, WS, SEM, acc, Y + tok[None, :] * stride_yt + offs_n[:, None], wr[None, :],
+                 WS + rows.to(tl.int64)[None, :] * stride_wsr + offs_n[:, None],
+                 nmask[:, None] & rmask[None, :], stride_wss, SPLIT_K)
 
 
 @triton.jit
@@ -382,20 +501,52 @@ def moe_top1(
     order, sorted_w, blk_e, blk_s, blk_end = schedule(expert_ids, expert_weights, num_experts, bm, with_skip=True)
     h = torch.empty((t, inter), dtype=x.dtype, device=x.device)
     nb = blk_e.shape[0]
+    cols_gu, cols_d = triton.cdiv(inter, bn), triton.cdiv(hidden, bn)
+    split = min(cfg.split_k, triton.cdiv(min(hidden, inter), bk))
+    sem = _split_counters(x.device, nb * max(cols_gu, cols_d)) if split > 1 else None
+    if sem is None:
+        split = 1
+    # fp32 partial sums of the split-K slices, [split, T, 2I] for gate/up, [split, T, H] for down
+    row = max(2 * inter, hidden)
+    ws = torch.empty((split, t, row), dtype=torch.float32, device=x.device) if split > 1 else out
+    sem = sem if sem is not None else blk_e  # unsplit: an unused pointer argument
     gate_up_kernel, down_kernel = ((_gate_up_swapped_kernel, _down_swapped_kernel) if cfg.swap_ab
                                    else (_gate_up_kernel, _down_kernel))
-    gate_up_kernel[(nb, triton.cdiv(inter, bn))](
-        x, gate_up_proj, h, order, blk_e, blk_s, blk_end,
+    gate_up_kernel[(nb, cols_gu, split)](
+        x, gate_up_proj, h, order, blk_e, blk_s, blk_end, ws, sem,
         hidden, inter, num_experts,
         x.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2), h.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
+        row, t * row,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split,
         num_warps=cfg.num_warps, num_stages=stages,
     )
-    down_kernel[(nb, triton.cdiv(hidden, bn))](
-        h, down_proj, out, order, sorted_w, blk_e, blk_s, blk_end,
+    down_kernel[(nb, cols_d, split)](
+        h, down_proj, out, order, sorted_w, blk_e, blk_s, blk_end, ws, sem,
         hidden, inter, num_experts,
         h.stride(0), down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), out.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
+        row, t * row,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split,
         num_warps=cfg.num_warps, num_stages=stages,
     )
     return out
+
+
+# Split-K tickets: two int32 counters per (tile, column), zero between launches (the last
+# slice of a tile resets its pair). One buffer per device, allocated outside any CUDA-graph
+# capture so that it outlives the graphs that use it; MoE launches on one device run on one
+# stream at a time (one engine per GPU), so they never share a counter concurrently.
+_SPLIT_SLOTS = 1 << 16
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device, slots: int) -> torch.Tensor | None:
+    """The device's zeroed counter buffer, or None (run unsplit) when it cannot serve: more
+    tiles than slots, or its first use falls inside a graph capture."""
+    if slots > _SPLIT_SLOTS:
+        return None
+    buf = _COUNTERS.get(device)
+    if buf is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = _COUNTERS[device] = torch.zeros(2 * _SPLIT_SLOTS, dtype=torch.int32, device=device)
+    return buf

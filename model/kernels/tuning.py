@@ -41,6 +41,9 @@ class KernelConfig:
     # MoE only: 1 = the transposed grouped GEMM (weight rows on the MMA's M side; block_m is
     # then the tokens per tile, block_n the weight rows per tile); see model/kernels/moe.py
     swap_ab: int = 0
+    # MoE only: K slices per (tile, column) in the decode regimes, reduced in split order by
+    # the last slice to finish (more programs when few token tiles; see model/kernels/moe.py)
+    split_k: int = 1
     # prefill_attention only: 1 = the grid's fastest axis is the query head (every head's
     # heaviest causal block is scheduled first); 1 = K loaded as [block_n, D] rows and
     # transposed in registers instead of loaded as [D, block_n] (model/kernels/cca_attention.py)

@@ -80,7 +80,8 @@ def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Cal
             continue
         total = sum(times.values())
         lines.append(f"{kernel} m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
-                     + (" swap" if cfg.swap_ab else "     ") + (f" warm{cfg.l2_warm}" if cfg.l2_warm else "") + "  "
+                     + (" swap" if cfg.swap_ab else "     ") + (f" warm{cfg.l2_warm}" if cfg.l2_warm else "")
+                     + (f" split{cfg.split_k}" if cfg.split_k > 1 else "") + "  "
                      + "  ".join(f"{k} {v:7.1f}" for k, v in times.items()) + f"  sum {total:7.1f} us"
                      + ("  (table)" if cfg == incumbent else ""))
         best = min(best, (total, cfg), key=lambda p: p[0])
@@ -108,7 +109,12 @@ MOE_GRIDS = {
     "moe_small": [KernelConfig(16, 64, 256, 4, 3), KernelConfig(16, 64, 128, 4, 3), KernelConfig(16, 128, 128, 4, 3),
                   KernelConfig(16, 64, 256, 4, 3, swap_ab=1), KernelConfig(16, 128, 128, 4, 3, swap_ab=1),
                   KernelConfig(16, 128, 256, 4, 3, swap_ab=1), KernelConfig(16, 64, 128, 4, 4, swap_ab=1),
-                  KernelConfig(16, 128, 128, 8, 3, swap_ab=1), KernelConfig(32, 128, 128, 4, 3, swap_ab=1)],
+                  KernelConfig(16, 128, 128, 8, 3, swap_ab=1), KernelConfig(32, 128, 128, 4, 3, swap_ab=1),
+                  # Split-K: at batch 1 a layer has only 32 (gate/up) and 32 (down) weight tiles
+                  # to stream, a quarter of the SMs; slicing K puts 2-8x as many programs to work.
+                  *(KernelConfig(16, 64, 128, 4, 4, swap_ab=1, split_k=s) for s in (2, 4, 8)),
+                  *(KernelConfig(16, 64, 64, 4, 4, swap_ab=1, split_k=s) for s in (4, 8)),
+                  *(KernelConfig(16, 128, 128, 4, 3, swap_ab=1, split_k=s) for s in (2, 4))],
     "moe_medium": [KernelConfig(32, 64, 128, 4, 3), KernelConfig(64, 64, 128, 4, 3), KernelConfig(64, 64, 64, 4, 4),
                    KernelConfig(16, 64, 128, 4, 3, swap_ab=1), KernelConfig(16, 128, 128, 4, 3, swap_ab=1),
                    KernelConfig(32, 64, 128, 4, 3, swap_ab=1), KernelConfig(32, 128, 128, 4, 3, swap_ab=1),
@@ -126,7 +132,12 @@ MOE_GRIDS = {
                    # last wave (its SMs could each pull more than an even share of the bandwidth)
                    KernelConfig(64, 64, 64, 4, 6), KernelConfig(64, 64, 128, 4, 4), KernelConfig(64, 64, 64, 8, 6),
                    KernelConfig(32, 64, 128, 4, 5, swap_ab=1), KernelConfig(32, 64, 64, 4, 8, swap_ab=1),
-                   KernelConfig(64, 64, 128, 8, 4, swap_ab=1)],
+                   KernelConfig(64, 64, 128, 8, 4, swap_ab=1),
+                   # Split-K: ~192 programs over ~4.5 experts leave SMs idle in the last wave
+                   # and each tile's K loop long; slices shorten it and fill the machine.
+                   *(KernelConfig(64, 64, 128, 4, 3, split_k=s) for s in (2, 4)),
+                   KernelConfig(64, 64, 64, 4, 4, split_k=2), KernelConfig(64, 128, 128, 8, 3, split_k=2),
+                   *(KernelConfig(32, 64, 128, 4, 4, swap_ab=1, split_k=s) for s in (2, 4))],
 }
 MOE_TOKENS = {"moe_small": (1, 8, 32), "moe_medium": (64, 256)}
 

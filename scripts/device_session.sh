@@ -52,12 +52,14 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
 } | tee "$R/machine.txt"
 
 declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [tune]=${TUNE_LIMIT:-300} [decode]=${DECODE_LIMIT:-150} [gputests]=${GPUTESTS_LIMIT:-150} [sampler]=60 [prefill]=${PREFILL_LIMIT:-150} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
-run_step() {  # name, command...
+run_step() {  # name, command...   (a step named twice logs to name.log, name-2.log, ...)
   local name=$1; shift
+  local log=$name n=1
+  while [ -f "$R/$log.log" ]; do n=$((n + 1)); log="$name-$n"; done
   local s=$(date +%s)
-  timeout "${LIMIT[$name]}" "$@" >"$R/$name.log" 2>&1
+  timeout "${LIMIT[$name]}" "$@" >"$R/$log.log" 2>&1
   local rc=$?
-  printf "%-8s rc=%-3s %4ss  %s\n" "$name" "$rc" "$(( $(date +%s) - s ))" "$(tail -1 "$R/$name.log" | cut -c1-90)" >>"$R/steps.txt"
+  printf "%-8s rc=%-3s %4ss  %s\n" "$log" "$rc" "$(( $(date +%s) - s ))" "$(tail -1 "$R/$log.log" | cut -c1-90)" >>"$R/steps.txt"
 }
 for step in ${STEPS:-model kernels rsa}; do
   case $step in
@@ -73,7 +75,7 @@ for step in ${STEPS:-model kernels rsa}; do
                -k "${GPUTESTS_K:-conv or moe or sampl or slot or qk or router or prefill}" ;;
     prefill) run_step prefill python3 scripts/tune_prefill.py --out "$R/prefill" ;;
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
-    decode)  run_step decode python3 scripts/bench_engine.py --out "$R/decode" --batches "${DECODE_BATCHES:-64,256}" \
+    decode)  run_step decode python3 scripts/bench_engine.py --out "$R/decode-$(date +%H%M%S)" --batches "${DECODE_BATCHES:-64,256}" \
                --baseline-max-batch 0 --eager-max-batch 0 --skip-hf ;;
     profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \

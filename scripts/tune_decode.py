@@ -11,7 +11,11 @@ Cases (8B shapes: 16 experts of 2048 x 2048 SwiGLU, hidden 2048; 10 conv groups 
   moe_small    T=1, 8 (uniform) and 32 (uniform and skewed), the same way;
   conv_decode  the slot-indexed conv + delayed-value update at B=64 and B=256;
   router       the fused router MLP + top-1 with the depth average (R=256, 17 classes) at
-               T=1, T=64 and T=256.
+               T=1, T=64 and T=256;
+  decode_attention  paged CCA decode (8 query heads over 2 K/V heads of 128, pages of 16) at
+               B=1 (2,048 cached tokens), B=64 and B=256 (192: the engine benchmark's
+               length) and B=256 (1,024: an aggregation prompt); the split count comes from
+               the engine's rule (max_model_len), as in a captured decode graph.
 Each time is the median of CUDA-graph replays with L2 flushed between them (each layer of a
 decode step reads other weights, so the cache is cold). The incumbent (the table's entry) is
 always a candidate, so the written file is never worse than the table on these cases.
@@ -32,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.kernels.cca_attention import cca_decode_attention, decode_num_splits  # noqa: E402
 from model.kernels.cca_conv import cca_conv_value_decode  # noqa: E402
 from model.kernels.moe import moe_top1  # noqa: E402
 from model.kernels.router import router_top1  # noqa: E402
@@ -192,10 +197,40 @@ def tune_router(out: Path) -> tuple[KernelConfig, list[str]]:
                  lambda c: router_top1(c[0], *weights, 1e-5, prev=c[1], prev_scale=prev_scale), out)
 
 
+def tune_attention(out: Path) -> tuple[KernelConfig, list[str]]:
+    hq, hk, d, page = 8, 2, 128, 16
+    g = torch.Generator(device="cuda").manual_seed(3)
+    cases = {}
+    for b, seq, max_len in ((1, 2048, 4096), (64, 192, 384), (256, 192, 384), (256, 1024, 2048)):
+        pages_per_seq = -(-max_len // page)
+        k = torch.randn(b * pages_per_seq + 1, page, hk, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn_like(k)
+        # pages handed out shuffled, as a long-running engine's free list leaves them
+        table = (torch.randperm(b * pages_per_seq, device="cuda", generator=g) + 1).view(b, pages_per_seq)
+        q = torch.randn(b, hq, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        lens = torch.full((b,), seq, device="cuda", dtype=torch.int32)
+        cases[f"B={b} S={seq}"] = (q, k, v, table.to(torch.int32), lens, max_len)
+
+    def run(c: Any) -> torch.Tensor:
+        q, k, v, table, lens, max_len = c
+        splits = decode_num_splits(q.shape[0], k.shape[2], max_len, q.device)
+        return cca_decode_attention(q, k, v, table, lens, num_splits=splits)
+
+    # block_m: split target programs per SM; block_k: fewest cached tokens per split.
+    grid = [*(KernelConfig(block_m=2, block_n=n, block_k=128, num_warps=4, num_stages=s)
+              for n in (32, 64, 128) for s in (2, 3, 4)),
+            *(KernelConfig(block_m=2, block_n=64, block_k=128, num_warps=w, num_stages=2) for w in (2, 8)),
+            *(KernelConfig(block_m=m, block_n=64, block_k=128, num_warps=4, num_stages=2) for m in (1, 4, 8, 16)),
+            *(KernelConfig(block_m=8, block_n=32, block_k=kk, num_warps=4, num_stages=3) for kk in (32, 64)),
+            KernelConfig(block_m=2, block_n=64, block_k=64, num_warps=4, num_stages=2),
+            KernelConfig(block_m=4, block_n=32, block_k=64, num_warps=2, num_stages=3)]
+    return sweep("decode_attention", grid, cases, run, out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/tune"))
-    ap.add_argument("--only", default="moe_medium,moe_small,conv_decode,router",
+    ap.add_argument("--only", default="moe_medium,moe_small,conv_decode,router,decode_attention",
                     help="comma-separated regimes to sweep (default: all)")
     args = ap.parse_args()
     tuners: dict[str, Callable[[], tuple[KernelConfig, list[str]]]] = {
@@ -203,6 +238,7 @@ def main() -> int:
         "moe_small": lambda: tune_moe(args.out, "moe_small"),
         "conv_decode": lambda: tune_conv(args.out),
         "router": lambda: tune_router(args.out),
+        "decode_attention": lambda: tune_attention(args.out),
     }
     regimes = args.only.split(",")
     unknown = [r for r in regimes if r not in tuners]

@@ -4,7 +4,7 @@ Usage (on a GPU):  python scripts/bench_sampler.py [--vocab 262272] [--dtype bf1
 
 Per batch size B in (1, 64, 256): `sample_torch` (the PyTorch Gumbel-max path: ~10 int64 [B, V]
 kernels), `sample` (which on CUDA without top-k/top-p runs `model.kernels.sampling.gumbel_argmax`,
-plus the few small row-key ops), and a plain greedy argmax as the floor of one read of the
+one launch that also forms the row keys), and a plain greedy argmax as the floor of one read of the
 logits. Temperature 0.8 on every row, as the RSA generation uses. Each entry is the mean of
 `--iters` back-to-back calls timed with CUDA events after warm-up (L2 is not flushed: at
 B >= 64 the logits exceed it anyway). Also checks that both paths drew the same tokens.

@@ -67,7 +67,7 @@ def _assert_same_draws(got: torch.Tensor, logits: torch.Tensor, batch: SamplingB
 def _kernel_draws(logits: torch.Tensor, batch: SamplingBatch, **kw) -> torch.Tensor:
     from model.kernels.sampling import gumbel_argmax
 
-    return gumbel_argmax(logits, batch.temperature, row_keys(batch.seeds, batch.steps), **kw)
+    return gumbel_argmax(logits, batch.temperature, batch.seeds, batch.steps, **kw)
 
 
 # --- the reference ---------------------------------------------------------------------------
@@ -102,6 +102,22 @@ def test_kernel_draws_equal_the_torch_sampler_on_odd_vocabularies(dtype: torch.d
     logits = (torch.randn(len(temps), vocab, generator=g) * 3).to(dtype).to(DEVICE)
     batch = _batch(temps, seeds, steps)
     _assert_same_draws(_kernel_draws(logits, batch, num_chunks=chunks, block=block), logits, batch)
+
+
+@needs_kernel
+def test_kernel_row_keys_are_the_reference_row_keys() -> None:
+    # The kernel forms each row's key from (seed, step) in uint32; the reference in masked int64.
+    from model.kernels.sampling import kernel_row_keys
+
+    g = torch.Generator().manual_seed(5)
+    edge_seeds = [0, 1, -1, -2**63, 2**63 - 1, 2**32 - 1, 2**32, -2**32, 0x5BD1E995, 2**62 + 12345]
+    edge_steps = [0, 1, 2**31 - 1, 2**31, 2**32 + 3, 2**62, 7, 0, 2**31 + 7, 123456789]
+    seeds = torch.cat([torch.tensor(edge_seeds), torch.randint(-2**63, 2**63 - 1, (300,), generator=g)])
+    steps = torch.cat([torch.tensor(edge_steps), torch.randint(0, 2**40, (300,), generator=g)])
+    want = row_keys(seeds, steps)
+    got = kernel_row_keys(seeds.to(DEVICE), steps.to(DEVICE)).cpu()
+    assert torch.equal(got, want), (got != want).nonzero()[:5].tolist()
+    assert kernel_row_keys(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)).numel() == 0
 
 
 @needs_kernel
@@ -244,13 +260,15 @@ def test_gpu_kernel_replays_in_a_cuda_graph() -> None:
     logits = torch.randn(rows, V_8B, device=DEVICE).to(torch.bfloat16)
     temp = torch.full((rows,), 0.8, device=DEVICE)
     temp[::3] = 0.0
-    keys = row_keys(torch.arange(rows, device=DEVICE), torch.zeros(rows, dtype=torch.int64, device=DEVICE))
-    gumbel_argmax(logits, temp, keys)  # compile outside the capture
+    seeds = torch.arange(rows, device=DEVICE)
+    steps = torch.zeros(rows, dtype=torch.int64, device=DEVICE)
+    gumbel_argmax(logits, temp, seeds, steps)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = gumbel_argmax(logits, temp, keys)
+        out = gumbel_argmax(logits, temp, seeds, steps)
     for seed in range(3):
         logits.copy_(torch.randn(rows, V_8B, device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(seed)))
+        steps.fill_(seed + 1)  # a decode graph's sampler sees new steps every replay
         graph.replay()
-        assert torch.equal(out, gumbel_argmax(logits, temp, keys))
+        assert torch.equal(out, gumbel_argmax(logits, temp, seeds, steps))
 

@@ -93,7 +93,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         # Imported here: importing Triton is slow, and tests choose the interpreter before it.
         from model.kernels.sampling import gumbel_argmax
 
-        return gumbel_argmax(logits, batch.temperature, row_keys(batch.seeds, batch.steps))
+        return gumbel_argmax(logits, batch.temperature, batch.seeds, batch.steps)
     return sample_torch(logits, batch)
 
 

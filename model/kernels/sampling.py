@@ -68,6 +68,20 @@ def _hash(key, cols):
 
 
 @triton.jit
+def _row_key(seed, step):
+    """`sampler.row_keys` of one row in uint32: (seed int64, step int64) -> the row's key.
+
+    The reference masks to 32 bits after every step in int64 (its products stay below 2^63),
+    which is uint32 wrap-around; so here the seed's halves, the step's low 31 bits and every
+    product and sum are uint32, and the bits are the same.
+    """
+    lo = (seed & 0xFFFFFFFF).to(tl.uint32)
+    hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    k = _mix32(lo) ^ _mix32(hi ^ 0x5BD1E995)
+    return _mix32(k + (step & 0x7FFFFFFF).to(tl.uint32) * 0x27D4EB2F)
+
+
+@triton.jit
 def _gumbel(m):
     """Gumbel noise from the top 24 bits `m` (uint32 < 2^24) of the hash, as `gumbel_noise` does."""
     u = (m.to(tl.float32) + 0.5) * (1.0 / 16777216.0)
@@ -88,7 +102,7 @@ def _order_key(x):
 # process compiles one variant per logits dtype (and SPLIT) rather than one per batch size.
 @triton.jit(do_not_specialize=["blocks_per_chunk", "num_chunks"])
 def _gumbel_argmax_kernel(
-    LOGITS, TEMP, KEYS, PART_KEY, PART_IDX, OUT,
+    LOGITS, TEMP, SEEDS, STEPS, PART_KEY, PART_IDX, OUT,
     stride_row, vocab, blocks_per_chunk, num_chunks,
     SPLIT: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -96,7 +110,9 @@ def _gumbel_argmax_kernel(
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     t = tl.load(TEMP + row)
-    key = tl.load(KEYS + row).to(tl.uint32)  # keys are < 2^32: the truncation keeps them whole
+    # Each program forms its row's key (a few scalar ops) rather than taking it from
+    # `sampler.row_keys`, whose ~40 tiny int64 launches per step cost more than this kernel.
+    key = _row_key(tl.load(SEEDS + row), tl.load(STEPS + row))
     base = LOGITS + row.to(tl.int64) * stride_row
     offs = tl.arange(0, BLOCK)
     start = chunk * blocks_per_chunk * BLOCK
@@ -135,6 +151,15 @@ def _reduce_chunks_kernel(PART_KEY, PART_IDX, OUT, num_chunks, BLOCK: tl.constex
 
 
 @triton.jit
+def _row_keys_kernel(SEEDS, STEPS, KEYS, n, BLOCK: tl.constexpr):
+    """Debug path for tests: the sampler kernel's row keys, to compare with `sampler.row_keys`."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n
+    key = _row_key(tl.load(SEEDS + i, mask=mask, other=0), tl.load(STEPS + i, mask=mask, other=0))
+    tl.store(KEYS + i, key.to(tl.int64), mask=mask)  # zero-extends: the key as a value < 2^32
+
+
+@triton.jit
 def _noise_kernel(KEYS, BITS, NOISE, n_cols, FROM_BITS: tl.constexpr, BLOCK: tl.constexpr):
     """Debug path for tests: the hash and the noise of (KEYS[row], column), or with FROM_BITS the
     noise of m = column itself (every 24-bit input when n_cols = 2^24)."""
@@ -164,20 +189,20 @@ def _num_chunks(batch: int, vocab: int, block: int, device: torch.device) -> int
     return min(triton.next_power_of_2(want), triton.next_power_of_2(triton.cdiv(vocab, block)))
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor,
+def gumbel_argmax(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
                   num_chunks: int | None = None, block: int = BLOCK_V) -> torch.Tensor:
     """Per row of logits [B, V] (any float dtype): argmax(logits.float() / t + gumbel_noise(key, ids))
-    for temperature t > 0, argmax(logits) otherwise. temperature [B] fp32, keys [B] int64 from
-    `sampler.row_keys`. Returns int64 [B].
+    for temperature t > 0, argmax(logits) otherwise, where key = `sampler.row_keys(seeds, steps)`
+    (formed inside the kernel). temperature [B] fp32, seeds and steps [B] int64. Returns int64 [B].
 
     num_chunks (split of each row; default: fill the GPU) and block exist for tests.
     """
-    assert logits.dim() == 2 and temperature.shape == keys.shape == logits.shape[:1]
+    assert logits.dim() == 2 and temperature.shape == seeds.shape == steps.shape == logits.shape[:1]
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     batch, vocab = logits.shape
     temperature = temperature.to(torch.float32).contiguous()
-    keys = keys.to(torch.int64).contiguous()
+    seeds, steps = seeds.to(torch.int64).contiguous(), steps.to(torch.int64).contiguous()
     out = torch.empty(batch, dtype=torch.int64, device=logits.device)
     if batch == 0:
         return out
@@ -188,13 +213,23 @@ def gumbel_argmax(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.T
     part_key = torch.empty(batch, chunks, dtype=torch.int32, device=logits.device)
     part_idx = torch.empty(batch, chunks, dtype=torch.int32, device=logits.device)
     _gumbel_argmax_kernel[(batch, chunks)](
-        logits, temperature, keys, part_key, part_idx, out, logits.stride(0), vocab, per_chunk, chunks,
+        logits, temperature, seeds, steps, part_key, part_idx, out, logits.stride(0), vocab, per_chunk, chunks,
         SPLIT=chunks > 1, BLOCK=block, num_warps=NUM_WARPS,
     )
     if chunks > 1:
         _reduce_chunks_kernel[(batch,)](part_key, part_idx, out, chunks, BLOCK=triton.next_power_of_2(chunks),
                                         num_warps=1)
     return out
+
+
+def kernel_row_keys(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Debug path: the row keys [B] (int64 holding uint32) the sampler kernel forms in place of
+    `sampler.row_keys(seeds, steps)`."""
+    seeds, steps = seeds.to(torch.int64).contiguous(), steps.to(torch.int64).contiguous()
+    keys = torch.empty_like(seeds)
+    if seeds.numel():
+        _row_keys_kernel[(triton.cdiv(seeds.numel(), 256),)](seeds, steps, keys, seeds.numel(), BLOCK=256)
+    return keys
 
 
 def hash_and_noise(keys: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,8 @@
 #   tune      scripts/tune_decode.py: sweep the MoE regimes, conv_decode and the router ($TUNE_ONLY
 #             narrows them); later steps use the winners
 #             (ZAYA_KERNEL_TUNING)
+#   override  later steps use the kernel entries in $TUNING_FILE (a path in the tree), e.g. a
+#             tune step's winners fetched from an earlier call: "decode override decode"
 #   gputests  the GPU tests of the slot-indexed conv, the sampler, the fused q/k epilogue, MoE
 #             (the engine's own tests run in the engine step; ZAYA_FUSED_QK=0 in the environment
 #             runs the engine step with the PyTorch q/k composition instead of the fused kernel;
@@ -70,6 +72,8 @@ for step in ${STEPS:-model kernels rsa}; do
                bash scripts/gpu_engine.sh --time-budget 110 ${ENGINE_ARGS:-} ;;
     tune)    run_step tune python3 scripts/tune_decode.py --out "$R/tune" ${TUNE_ONLY:+--only "$TUNE_ONLY"}
              [ -f "$R/tune/tuning.json" ] && export ZAYA_KERNEL_TUNING="$R/tune/tuning.json" ;;
+    override) # later steps run with the kernel entries of $TUNING_FILE (a ZAYA_KERNEL_TUNING file in the tree)
+             export ZAYA_KERNEL_TUNING="$PWD/$TUNING_FILE"; echo "override $TUNING_FILE" >>"$R/steps.txt" ;;
     gputests) run_step gputests python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider \
                tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_cca_qk.py tests/test_kernels_gpu.py \
                -k "${GPUTESTS_K:-conv or moe or sampl or slot or qk or router or prefill}" ;;

@@ -165,7 +165,12 @@ def test_kernel_noise_table_over_every_24_bit_hash_prefix() -> None:
     got = noise_table(DEVICE)
     assert torch.isfinite(got).all()
     if _HAS_GPU:
-        assert torch.equal(got.view(torch.int32), expect.view(torch.int32))
+        # Bit for bit, except the sign of a zero: where -log(u) is exactly 1 the noise is 0, which
+        # torch 2.11 (cu130, H100, 2026-12-05) writes as -0.0 and the kernel as +0.0 (one of the
+        # 2^24 values). Scores compare -0.0 == +0.0 (`_order_key`), so no draw can differ by it.
+        same_bits = got.view(torch.int32) == expect.view(torch.int32)
+        both_zero = (got == 0) & (expect == 0)
+        assert bool((same_bits | both_zero).all()), f"{int((~(same_bits | both_zero)).sum())} values differ"
     else:
         assert (got - expect).abs().max().item() <= 2e-6
 

@@ -84,17 +84,20 @@ _HOPPER: DeviceTable = {
     # run: 76/939/3931 us, the best at 16K (benchmarks/results/prefill-2026-12-03-h200.md).
     "prefill_attention": KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, heads_first=1, tma=1),
     # block_m: split-K target programs per SM; block_k: fewest tokens per split.
-    # Split target 1/2/4/8 were within 3% at B=1 and B=64 (S=4096).
+    # Split target 1/2/4/8 were within 3% at B=1 and B=64 (S=4096). H100 2026-12-05
+    # (scripts/tune_decode.py, B=1..256, S=192..2048): within 1% of the best of 19 candidates.
     "decode_attention": KernelConfig(block_m=2, block_n=64, block_k=128, num_warps=4, num_stages=2),
     # B=1: 4 warps 24.0 us, 8 warps 22.8; B=256: 29.2 vs 34.4; block_m=32 spills (154 us)
     "conv_decode": KernelConfig(block_m=16, block_k=128, num_warps=4, num_stages=1),
     # T=1 / T=256 of 16 experts: 84.0 / 239.8 us, all six candidates within 10%. H200
     # 2026-12-02 22:40 (scripts/tune_decode.py): swapped 16x64x128 w4 s4 sums 238.3 us over
     # the sweep's cases against 247.5 for the unswapped 16x64x256 w4 s3
+    # H100 2026-12-05: split-K 2/4/8 of this entry sums 331/364/459 us against its 309 (split 1)
     "moe_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, swap_ab=1),
     # H200 2026-12-03 (scripts/tune_decode.py, 28 candidates): the best at T=256 routed over ~5
     # experts within 2% (61.6 us), 123.8 us over 16; the sweep-sum winner (swapped 32x64x128 s4)
     # is 68.4 us on the skewed case and cost 10% of engine decode at batch 256
+    # H100 2026-12-05: split-K 2/4 sums 533/623 us against 457 (decode-kernels-2026-12-05-h100.md)
     "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3),
     # T=8192: 128x128x64 w8 s3 635 us; 128x64 w4 685; 64x128 w4 802; 128x256 w8 out of shared memory
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),

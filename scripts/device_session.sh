@@ -11,7 +11,7 @@
 #   decode    scripts/bench_engine.py at batches $DECODE_BATCHES (64,256), engine only (no tests,
 #             no baselines): the quick check of a kernel or engine change
 #   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
-#   tune      scripts/tune_decode.py: sweep the MoE regimes, conv_decode and the router ($TUNE_ONLY
+#   tune      scripts/tune_decode.py: sweep the MoE regimes, conv_decode, the router and decode attention ($TUNE_ONLY
 #             narrows them); later steps use the winners
 #             (ZAYA_KERNEL_TUNING)
 #   override  later steps use the kernel entries in $TUNING_FILE (a path in the tree), e.g. a

@@ -16,6 +16,8 @@
 #             (ZAYA_KERNEL_TUNING)
 #   override  later steps use the kernel entries in $TUNING_FILE (a path in the tree), e.g. a
 #             tune step's winners fetched from an earlier call: "decode override decode"
+#   env:V=X   later steps run with the environment variable V set to X, e.g. an A/B of a kernel
+#             switch in one call: "env:ZAYA_TRITON_LINEAR=0 decode env:ZAYA_TRITON_LINEAR=1 decode"
 #   gputests  the GPU tests of the slot-indexed conv, the sampler, the fused q/k epilogue, MoE
 #             (the engine's own tests run in the engine step; ZAYA_FUSED_QK=0 in the environment
 #             runs the engine step with the PyTorch q/k composition instead of the fused kernel;
@@ -76,7 +78,8 @@ for step in ${STEPS:-model kernels rsa}; do
              export ZAYA_KERNEL_TUNING="$PWD/$TUNING_FILE"; echo "override $TUNING_FILE" >>"$R/steps.txt" ;;
     gputests) run_step gputests python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider \
                tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_cca_qk.py tests/test_kernels_gpu.py \
-               -k "${GPUTESTS_K:-conv or moe or sampl or slot or qk or router or prefill}" ;;
+               tests/test_linear_kernel.py \
+               -k "${GPUTESTS_K:-conv or moe or sampl or slot or qk or router or prefill or linear}" ;;
     prefill) run_step prefill python3 scripts/tune_prefill.py --out "$R/prefill" ;;
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
     decode)  run_step decode python3 scripts/bench_engine.py --out "$R/decode-$(date +%H%M%S)" --batches "${DECODE_BATCHES:-64,256}" \
@@ -90,6 +93,7 @@ for step in ${STEPS:-model kernels rsa}; do
                --scaling "${SCALING_COUNTS:-1,2,4,8,16}" --raw-scaling "${RAW_COUNTS:-}" --raw-procs "${RAW_PROCS:-}" --raw-mb "${RAW_MB:-40}" \
                --only-scaling --cluster --shard-rows "${SHARD_ROWS:-512}" ${SCALING_ARGS:-} ;;
     clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" ;;
+    env:*=*) export "${step#env:}"; echo "$step" >>"$R/steps.txt" ;;
     *) echo "unknown step $step" >>"$R/steps.txt" ;;
   esac
   # keep what came back so far, in case a later step outlives the call

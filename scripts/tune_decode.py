@@ -12,6 +12,9 @@ Cases (8B shapes: 16 experts of 2048 x 2048 SwiGLU, hidden 2048; 10 conv groups 
   conv_decode  the slot-indexed conv + delayed-value update at B=64 and B=256;
   router       the fused router MLP + top-1 with the depth average (R=256, 17 classes) at
                T=1, T=64 and T=256;
+  linear_small / linear_medium  the decode linears (q/k/v 2048 -> 1536, o_proj 1024 -> 2048,
+               router down-projection 2048 -> 256 with bias) at 1 and 16 rows / 64 and 256 rows;
+               cuBLAS (F.linear) on the same cases is printed first, as the bar to clear;
   decode_attention  paged CCA decode (8 query heads over 2 K/V heads of 128, pages of 16) at
                B=1 (2,048 cached tokens), B=64 and B=256 (192: the engine benchmark's
                length) and B=256 (1,024: an aggregation prompt); the split count comes from
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.kernels.cca_attention import cca_decode_attention, decode_num_splits  # noqa: E402
 from model.kernels.cca_conv import cca_conv_value_decode  # noqa: E402
+from model.kernels.decode_linear import linear  # noqa: E402
 from model.kernels.moe import moe_top1  # noqa: E402
 from model.kernels.router import router_top1  # noqa: E402
 from model.kernels.tuning import KernelConfig, kernel_config  # noqa: E402
@@ -197,6 +201,45 @@ def tune_router(out: Path) -> tuple[KernelConfig, list[str]]:
                  lambda c: router_top1(c[0], *weights, 1e-5, prev=c[1], prev_scale=prev_scale), out)
 
 
+# (role, N, K, bias): the 8B decode linears
+LINEAR_SHAPES = (("qkv", 1536, 2048, False), ("o_proj", 2048, 1024, False), ("router", 256, 2048, True))
+LINEAR_ROWS = {"linear_small": (1, 16), "linear_medium": (64, 256)}
+LINEAR_GRIDS = {
+    # weights on M (swap) with 16 tokens per tile; split-K up to 4-16 slices (capped per launch
+    # at what fills the SMs once)
+    "linear_small": [*(KernelConfig(16, 64, bk, 4, st, swap_ab=1, split_k=sp)
+                       for bk, st in ((128, 4), (256, 3)) for sp in (1, 4, 8, 16)),
+                     KernelConfig(16, 128, 128, 4, 3, swap_ab=1, split_k=8),
+                     KernelConfig(16, 128, 128, 8, 3, swap_ab=1, split_k=8),
+                     KernelConfig(16, 32, 128, 4, 4, swap_ab=1, split_k=8),
+                     KernelConfig(16, 64, 64, 4, 6, swap_ab=1, split_k=16),
+                     KernelConfig(16, 64, 128, 4, 4, split_k=8), KernelConfig(16, 32, 256, 4, 3, split_k=8)],
+    "linear_medium": [*(KernelConfig(64, 64, 128, 4, 3, split_k=sp) for sp in (1, 4, 8)),
+                      KernelConfig(64, 32, 128, 4, 4, split_k=8), KernelConfig(32, 64, 128, 4, 4, split_k=8),
+                      KernelConfig(128, 64, 64, 8, 3, split_k=8), KernelConfig(64, 128, 64, 4, 3, split_k=8),
+                      KernelConfig(128, 32, 128, 4, 3, split_k=8), KernelConfig(64, 64, 64, 4, 5, split_k=8),
+                      KernelConfig(32, 64, 128, 4, 4, swap_ab=1, split_k=8),
+                      KernelConfig(64, 64, 128, 4, 3, swap_ab=1, split_k=8),
+                      KernelConfig(64, 128, 128, 8, 3, swap_ab=1, split_k=8),
+                      KernelConfig(128, 64, 128, 8, 3, swap_ab=1, split_k=8)],
+}
+
+
+def tune_linear(out: Path, regime: str) -> tuple[KernelConfig, list[str]]:
+    g = torch.Generator(device="cuda").manual_seed(4)
+    cases = {}
+    for role, n, k, with_bias in LINEAR_SHAPES:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * k**-0.5
+        b = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g) if with_bias else None
+        for m in LINEAR_ROWS[regime]:
+            cases[f"{role} M={m}"] = (torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g), w, b)
+    cublas = {name: graph_time(lambda c=c: torch.nn.functional.linear(*c)) for name, c in cases.items()}
+    head = (f"{regime} cuBLAS (F.linear)          " + "  ".join(f"{k} {v:7.1f}" for k, v in cublas.items())
+            + f"  sum {sum(cublas.values()):7.1f} us")
+    best, lines = sweep(regime, LINEAR_GRIDS[regime], cases, lambda c: linear(*c), out)
+    return best, [head, *lines]
+
+
 def tune_attention(out: Path) -> tuple[KernelConfig, list[str]]:
     hq, hk, d, page = 8, 2, 128, 16
     g = torch.Generator(device="cuda").manual_seed(3)
@@ -230,7 +273,8 @@ def tune_attention(out: Path) -> tuple[KernelConfig, list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/tune"))
-    ap.add_argument("--only", default="moe_medium,moe_small,conv_decode,router,decode_attention",
+    ap.add_argument("--only", default="moe_medium,moe_small,conv_decode,router,decode_attention,"
+                                      "linear_small,linear_medium",
                     help="comma-separated regimes to sweep (default: all)")
     args = ap.parse_args()
     tuners: dict[str, Callable[[], tuple[KernelConfig, list[str]]]] = {
@@ -239,6 +283,8 @@ def main() -> int:
         "conv_decode": lambda: tune_conv(args.out),
         "router": lambda: tune_router(args.out),
         "decode_attention": lambda: tune_attention(args.out),
+        "linear_small": lambda: tune_linear(args.out, "linear_small"),
+        "linear_medium": lambda: tune_linear(args.out, "linear_medium"),
     }
     regimes = args.only.split(",")
     unknown = [r for r in regimes if r not in tuners]

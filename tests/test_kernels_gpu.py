@@ -269,7 +269,7 @@ def test_moe_grouped_gemm_with_skip_class(dtype: torch.dtype, tokens: int, swap_
     table = {r: {"swap_ab": swap_ab, "split_k": split_k} for r in regimes}
     (tmp_path / "t.json").write_text(json.dumps(table))
     monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(tmp_path / "t.json"))
-    from model.kernels import moe
+    from model.kernels import moe, splitk
 
     launched = []
     for name in ("_gate_up_kernel", "_down_kernel", "_gate_up_swapped_kernel", "_down_swapped_kernel"):
@@ -289,7 +289,7 @@ def test_moe_grouped_gemm_with_skip_class(dtype: torch.dtype, tokens: int, swap_
         # The splits are summed in split order by the last arriver: the same bits every run, and
         # the arrival counters are back at zero for the next launch (or the next graph replay).
         assert torch.equal(moe_top1(x, ids, w, gu, dn), out), "split-K output must be run-to-run identical"
-        assert int(moe._split_counters(out.device, 0).abs().sum()) == 0, "split-K counters must be reset"
+        assert int(splitk.split_counters(out.device, 0).abs().sum()) == 0, "split-K counters must be reset"
 
 
 class _Recorded:

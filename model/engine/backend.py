@@ -31,6 +31,7 @@ class Ops:
     cca_decode_attention: Callable
     cca_conv_decode: Callable
     cca_conv_value_decode: Callable
+    linear: Callable
     moe_top1: Callable
     router_top1: Callable
     decode_splits: Callable[[int, int, int, torch.device], int | None]
@@ -47,6 +48,7 @@ def _from_module(name: str, mod: ModuleType, splits: Callable[[int, int, int, to
         cca_decode_attention=mod.cca_decode_attention,
         cca_conv_decode=mod.cca_conv_decode,
         cca_conv_value_decode=mod.cca_conv_value_decode,
+        linear=mod.linear,
         moe_top1=mod.moe_top1,
         router_top1=mod.router_top1,
         decode_splits=splits,

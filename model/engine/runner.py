@@ -177,7 +177,7 @@ class ModelRunner:
 
     def _project(self, lw: LayerWeights, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(packed [q0, k0] [T, C], [v_current | v_delayed] [T, Hk*D]): views of one GEMM's output."""
-        y = F.linear(x, lw.qkv_weight, lw.qkv_bias)
+        y = self.ops.linear(x, lw.qkv_weight, lw.qkv_bias)
         return y[:, : self.c], y[:, self.c :]
 
     def _qk(self, lw: LayerWeights, qk: torch.Tensor, conv: torch.Tensor,
@@ -190,7 +190,7 @@ class ModelRunner:
         lw = self.layers[i]
         ops = self.ops
         x2, r = ops.add_rms_norm(a, h, lw.post_attn_norm, self.eps, lw.post_attn_scaling)
-        s = F.linear(x2, lw.router_down_weight, lw.router_down_bias)
+        s = ops.linear(x2, lw.router_down_weight, lw.router_down_bias)
         averaged = lw.router_states_scale is not None and router_state is not None
         # with prev, the router forms s + prev * scale itself and leaves it in s (the next state)
         weight, choice = ops.router_top1(s, lw.router_norm, lw.router_fc1_weight, lw.router_fc1_bias,
@@ -236,7 +236,7 @@ class ModelRunner:
                 values = cache.v[i].view(-1, self.hk, self.d)[inp.kv_gather]
                 cu_k = inp.cu_k
             o = ops.cca_prefill_attention(q, keys, values, inp.cu_q, cu_k, inp.max_q, self.scale, lw.sliding_window)
-            a = F.linear(o.reshape(o.shape[0], -1), lw.o_weight, lw.o_bias)
+            a = ops.linear(o.reshape(o.shape[0], -1), lw.o_weight, lw.o_bias)
             x, h, router_state = self._mlp_and_next_norm(i, a, h, router_state)
         return self._logits(x[inp.logit_rows])
 
@@ -262,6 +262,6 @@ class ModelRunner:
                               k_out=cache.k[i].view(-1, self.hk, self.d), out_rows=write_idx)
             o = ops.cca_decode_attention(q, cache.k[i], cache.v[i], table, inp.seq_lens, self.scale,
                                          lw.sliding_window, num_splits[lw.sliding_window])
-            a = F.linear(o.reshape(o.shape[0], -1), lw.o_weight, lw.o_bias)
+            a = ops.linear(o.reshape(o.shape[0], -1), lw.o_weight, lw.o_bias)
             x, h, router_state = self._mlp_and_next_norm(i, a, h, router_state)
         return self._logits(x)

@@ -9,6 +9,7 @@ tests, the baseline in benchmarks). Launch parameters come from `model.kernels.t
 
 from .cca_attention import cca_decode_attention, cca_prefill_attention, decode_num_splits
 from .cca_conv import cca_conv_decode, cca_conv_value_decode
+from .decode_linear import linear
 from .qk_epilogue import cca_qk
 from .moe import moe_top1, tile_schedule
 from .reference import ResidualScaling, paged_view
@@ -26,6 +27,7 @@ __all__ = [
     "cca_prefill_attention",
     "cca_qk",
     "decode_num_splits",
+    "linear",
     "moe_top1",
     "paged_view",
     "rms_norm",

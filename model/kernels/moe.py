@@ -22,13 +22,9 @@ schedule and roundings.
 Split-K (a config's `split_k` > 1; decode regimes): at decode sizes the grid is a few token
 tiles x the weight columns, e.g. ~6 x 32 = 192 programs at batch 256 routed over ~5 experts,
 too few to keep 132 SMs' worth of loads in flight, and at batch 1 a single tile: 32 programs.
-Each (tile, column) is then cut along K into `split_k` programs (grid axis 2). A program adds
-its K range, takes a ticket from the tile's counter once its sum is done; the last to arrive
-(ticket split_k - 1) waits for the others' fp32 partials, adds all of them in split order (so
-the bits do not depend on which program came last) and runs the epilogue; the others publish
-their partial and leave. Waiting is safe: whoever holds an earlier ticket is already running
-and never waits. The last one resets the counters, so they are zero again for the next launch
-and for CUDA-graph replays without a memset.
+Each (tile, column) is then cut along K into `split_k` programs, reduced in split order by
+the last to finish (model/kernels/splitk.py). Measured slower on an H100 in every decode case
+(2026-12-05), so the tables keep split_k = 1.
 """
 
 from __future__ import annotations
@@ -37,55 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .splitk import _acquire, _arrive, _collect, _k_range, _publish, _release, split_counters
 from .tuning import KernelConfig, kernel_config
-
-
-@triton.jit
-def _k_range(k_total, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
-    """This program's [lo, hi) of the reduction dimension: whole BLOCK_K steps, split pid 2."""
-    per = tl.cdiv(tl.cdiv(k_total, BLOCK_K), SPLIT_K) * BLOCK_K
-    lo = tl.program_id(2) * per
-    return lo, tl.minimum(lo + per, k_total)
-
-
-@triton.jit
-def _arrive(SEM, slot):
-    """A ticket for this (tile, column): 0..split_k-1 in the order the K slices finish."""
-    return tl.atomic_add(SEM + 2 * slot, 1)
-
-
-@triton.jit
-def _publish(ptrs, acc, mask):
-    tl.store(ptrs, acc, mask=mask, cache_modifier=".cg")
-
-
-@triton.jit
-def _release(SEM, slot):
-    tl.debug_barrier()  # every thread's partial stores come before the flag
-    tl.atomic_add(SEM + 2 * slot + 1, 1, sem="release")
-
-
-@triton.jit
-def _acquire(SEM, slot, SPLIT_K: tl.constexpr):
-    """Wait until the split_k - 1 other slices are published, then zero the counters."""
-    done = tl.atomic_add(SEM + 2 * slot + 1, 0, sem="acquire")
-    while done < SPLIT_K - 1:
-        done = tl.atomic_add(SEM + 2 * slot + 1, 0, sem="acquire")
-    tl.debug_barrier()
-    tl.store(SEM + 2 * slot, 0)
-    tl.store(SEM + 2 * slot + 1, 0)
-
-
-@triton.jit
-def _collect(ptrs, split_stride, acc, mask, SPLIT_K: tl.constexpr):
-    """Sum of all slices' partials in split order; this program's own slice from registers."""
-    # as a tensor of acc's shape: Triton's interpreter rejects a tensor & scalar mask
-    me = tl.program_id(2) + tl.zeros(acc.shape, dtype=tl.int32)
-    total = tl.zeros_like(acc)
-    for s in tl.static_range(SPLIT_K):
-        part = tl.load(ptrs + s * split_stride, mask=mask & (me != s), other=0.0, cache_modifier=".cg")
-        total += tl.where(me == s, acc, part)
-    return total
 
 
 @triton.jit
@@ -503,7 +452,7 @@ def moe_top1(
     nb = blk_e.shape[0]
     cols_gu, cols_d = triton.cdiv(inter, bn), triton.cdiv(hidden, bn)
     split = min(cfg.split_k, triton.cdiv(min(hidden, inter), bk))
-    sem = _split_counters(x.device, nb * max(cols_gu, cols_d)) if split > 1 else None
+    sem = split_counters(x.device, nb * max(cols_gu, cols_d)) if split > 1 else None
     if sem is None:
         split = 1
     # fp32 partial sums of the split-K slices, [split, T, 2I] for gate/up, [split, T, H] for down
@@ -529,24 +478,3 @@ def moe_top1(
         num_warps=cfg.num_warps, num_stages=stages,
     )
     return out
-
-
-# Split-K tickets: two int32 counters per (tile, column), zero between launches (the last
-# slice of a tile resets its pair). One buffer per device, allocated outside any CUDA-graph
-# capture so that it outlives the graphs that use it; MoE launches on one device run on one
-# stream at a time (one engine per GPU), so they never share a counter concurrently.
-_SPLIT_SLOTS = 1 << 16
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _split_counters(device: torch.device, slots: int) -> torch.Tensor | None:
-    """The device's zeroed counter buffer, or None (run unsplit) when it cannot serve: more
-    tiles than slots, or its first use falls inside a graph capture."""
-    if slots > _SPLIT_SLOTS:
-        return None
-    buf = _COUNTERS.get(device)
-    if buf is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        buf = _COUNTERS[device] = torch.zeros(2 * _SPLIT_SLOTS, dtype=torch.int32, device=device)
-    return buf

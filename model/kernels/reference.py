@@ -431,3 +431,13 @@ def router_top1(
     skip = choice == (out_weight.shape[0] - 1)
     weight = weight.masked_fill(skip, 0.0)
     return weight.to(torch.float32) if acc == torch.float32 else weight, choice.to(torch.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# Decode linears (q/k/v, o_proj, router down-projection)
+# --------------------------------------------------------------------------------------------
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ weight^T + bias for x [M, K], weight [N, K], bias [N] or None (F.linear)."""
+    return F.linear(x, weight, bias)

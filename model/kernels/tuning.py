@@ -69,6 +69,9 @@ class KernelConfig:
 #   moe_large           grouped GEMM for prefill-sized token counts
 #   router              block_m tokens per program; block_k = chunk of the router width;
 #                       l2_warm = weight-warming programs (0 = none)
+#   linear_small        decode linears (q/k/v, o_proj, router down-projection) below 64 rows;
+#                       split_k = the most K slices (a launch fills the SMs once at most)
+#   linear_medium       the same from 64 rows (up to model/kernels/decode_linear.py's MAX_ROWS)
 DeviceTable = Mapping[str, KernelConfig]
 
 # Measured on an NVIDIA H100 80GB HBM3 on 2026-11-25 with `scripts/bench_kernels.py --sweep`
@@ -105,6 +108,9 @@ _HOPPER: DeviceTable = {
     # warm-up programs 12.8/13.2/13.2 us against chunk 128 w8 s2 without 14.1/14.3/14.4 (the
     # earlier entry; 32 tile/warp/stage candidates swept before it, none faster)
     "router": KernelConfig(block_m=16, block_k=256, num_warps=8, num_stages=3, l2_warm=32),
+    # First guesses, to be swept (scripts/tune_decode.py --only linear_small,linear_medium)
+    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, swap_ab=1, split_k=8),
+    "linear_medium": KernelConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3, split_k=8),
 }
 
 # AMD Instinct MI300X (ROCm): NOT MEASURED. No MI300X was available to this project; these
@@ -121,6 +127,8 @@ _MI300X: DeviceTable = {
     "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=2),
     "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
+    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2, swap_ab=1, split_k=4),
+    "linear_medium": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2, split_k=4),
 }
 
 # Anything else (older NVIDIA parts, the CPU interpreter): conservative, small tiles that fit
@@ -135,6 +143,8 @@ DEFAULT: DeviceTable = {
     "moe_medium": KernelConfig(block_m=32, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "moe_large": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
+    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2, swap_ab=1, split_k=4),
+    "linear_medium": KernelConfig(block_m=32, block_n=64, block_k=64, num_warps=4, num_stages=2, split_k=4),
 }
 
 TABLE: Mapping[str, DeviceTable] = {

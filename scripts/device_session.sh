@@ -19,7 +19,7 @@
 #   env:V=X   later steps run with the environment variable V set to X, e.g. an A/B of a kernel
 #             switch in one call: "env:ZAYA_TRITON_LINEAR=0 decode env:ZAYA_TRITON_LINEAR=1 decode"
 #   gputests  the GPU tests of the slot-indexed conv, the sampler, the fused q/k epilogue, MoE
-#             (the engine's own tests run in the engine step; ZAYA_FUSED_QK=0 in the environment
+#             (the engine's own tests run in the engine step, its tiny ones also here with "tiny"; ZAYA_FUSED_QK=0 in the environment
 #             runs the engine step with the PyTorch q/k composition instead of the fused kernel;
 #             GPUTESTS_K narrows the selection)
 #   prefill   scripts/tune_prefill.py: CCA prefill tiles and variants vs SDPA (MHA16, GQA) at 4K-32K
@@ -78,8 +78,8 @@ for step in ${STEPS:-model kernels rsa}; do
              export ZAYA_KERNEL_TUNING="$PWD/$TUNING_FILE"; echo "override $TUNING_FILE" >>"$R/steps.txt" ;;
     gputests) run_step gputests python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider \
                tests/test_conv_slots.py tests/test_sampling_kernel.py tests/test_cca_qk.py tests/test_kernels_gpu.py \
-               tests/test_linear_kernel.py \
-               -k "${GPUTESTS_K:-conv or moe or sampl or slot or qk or router or prefill or linear}" ;;
+               tests/test_linear_kernel.py tests/test_pdl.py tests/test_engine_gpu.py \
+               -k "${GPUTESTS_K:-conv or moe or sampl or slot or qk or router or prefill or linear or pdl}" ;;
     prefill) run_step prefill python3 scripts/tune_prefill.py --out "$R/prefill" ;;
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
     decode)  run_step decode python3 scripts/bench_engine.py --out "$R/decode-$(date +%H%M%S)" --batches "${DECODE_BATCHES:-64,256}" \

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enter, pdl_launch
 from .tuning import kernel_config, multiprocessor_count
 
 _LOG2E = 1.4426950408889634
@@ -313,8 +314,9 @@ def _decode_kernel(
     stride_bt, stride_ob, stride_oh,
     num_splits,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
-    WINDOW: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+    WINDOW: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -375,8 +377,9 @@ def _decode_kernel(
 @triton.jit
 def _decode_reduce_kernel(
     MID_O, MID_LSE, O, stride_ob, stride_oh, num_splits,
-    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.arange(0, SPLITS_PAD)
@@ -449,12 +452,13 @@ def cca_decode_attention(
         out.stride(0), out.stride(1), num_splits,
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=d, PAGE=k_cache.shape[1],
         WINDOW=int(sliding_window or 0), BLOCK_N=block_n, SINGLE_SPLIT=single,
-        PRECISION=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PRECISION=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(q.device),
     )
     if not single:
         _decode_reduce_kernel[(b_size, hq)](
             mid_o, mid_lse, out, out.stride(0), out.stride(1), num_splits,
             NUM_HEADS=hq, HEAD_DIM=d, SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4,
+            **pdl_launch(q.device),
         )
     return out
 

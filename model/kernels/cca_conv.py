@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enter, pdl_launch
 from .tuning import kernel_config
 
 
@@ -40,8 +41,9 @@ def _conv_decode_kernel(
     stride_vb, stride_vsb, stride_vob,
     CG: tl.constexpr, CG_PAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_SLOTS: tl.constexpr, UPDATE_STATE: tl.constexpr,
-    HAS_VALUE: tl.constexpr, V_BLOCK: tl.constexpr, HAS_VROWS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_VALUE: tl.constexpr, V_BLOCK: tl.constexpr, HAS_VROWS: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     g = tl.program_id(0)
     pid_b = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -184,7 +186,7 @@ def _launch(
         HAS_SLOTS=slots is not None, UPDATE_STATE=update_state,
         HAS_VALUE=value is not None, V_BLOCK=v_block, HAS_VROWS=v_rows is not None,
         PRECISION="ieee" if gw_weight.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(qk.device),
     )
     return out
 

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from .splitk import _acquire, _arrive, _collect, _k_range, _publish, _release, split_counters
+from .pdl import pdl_enter, pdl_launch
 from .tuning import KernelConfig, is_interpreter, kernel_config, multiprocessor_count
 
 # Above this many rows a linear is a prefill GEMM: cuBLAS's large tiles are the right tool.
@@ -55,8 +56,9 @@ def _linear_kernel(
     X, W, B, Y, WS, SEM,
     M, N, K, stride_xm, stride_wn, stride_ym, stride_wss,
     HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -160,6 +162,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         m, n, k, x.stride(0), weight.stride(0), y.stride(0), m * n,
         HAS_BIAS=bias is not None, SWAP=bool(cfg.swap_ab), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SPLIT_K=split,
-        num_warps=cfg.num_warps, num_stages=stages,
+        num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(x.device),
     )
     return y

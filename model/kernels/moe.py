@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .splitk import _acquire, _arrive, _collect, _k_range, _publish, _release, split_counters
+from .pdl import pdl_enter, pdl_launch
 from .tuning import KernelConfig, kernel_config
 
 
@@ -100,8 +101,9 @@ def _gate_up_kernel(
     hidden, inter, n_experts,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(BLK_EXPERT + pid_m)
@@ -144,8 +146,9 @@ def _down_kernel(
     hidden, inter, n_experts,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(BLK_EXPERT + pid_m)
@@ -186,12 +189,13 @@ def _gate_up_swapped_kernel(
     hidden, inter, n_experts,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """`_gate_up_kernel` with the product transposed: h^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, K] @
     x^T [K, BLOCK_M]. The weight rows fill the MMA's M side (Hopper's warpgroup MMA needs 64
     there) and a tile's tokens its N side (16 is enough), so a decode tile of a few tokens is
     not padded to 64 rows of wasted multiply-adds."""
+    pdl_enter(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(BLK_EXPERT + pid_m)
@@ -234,9 +238,10 @@ def _down_swapped_kernel(
     hidden, inter, n_experts,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """`_down_kernel` transposed like `_gate_up_swapped_kernel`: y^T = Wd @ h^T per tile."""
+    pdl_enter(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(BLK_EXPERT + pid_m)
@@ -275,13 +280,14 @@ def _down_swapped_kernel(
 def _schedule_kernel(
     IDS, W, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END,
     n_tokens, n_experts, n_blocks,
-    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK: tl.constexpr, NB_CHUNK: tl.constexpr,
+    BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK: tl.constexpr, NB_CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: counting sort of tokens by expert (stable) and the tile table.
 
     Replaces ~15 small PyTorch launches (sort, bincount, cumsums, searchsorted, gathers),
     which at decode batch sizes cost more than the expert GEMMs' own launch latency.
     """
+    pdl_enter(PDL)
     e = tl.arange(0, E_PAD)
     emask = e < n_experts
     offs = tl.arange(0, CHUNK)
@@ -358,7 +364,7 @@ def schedule(
         t, classes, nb,
         BLOCK_M=block_m, E_PAD=max(16, triton.next_power_of_2(classes)),
         CHUNK=min(1024, max(16, triton.next_power_of_2(t))), NB_CHUNK=min(256, max(16, triton.next_power_of_2(nb))),
-        num_warps=8,
+        num_warps=8, **pdl_launch(dev),
     )
     return sorted_tok, sorted_w, blk_e, blk_s, blk_end
 
@@ -467,7 +473,7 @@ def moe_top1(
         x.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2), h.stride(0),
         row, t * row,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split,
-        num_warps=cfg.num_warps, num_stages=stages,
+        num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(x.device),
     )
     down_kernel[(nb, cols_d, split)](
         h, down_proj, out, order, sorted_w, blk_e, blk_s, blk_end, ws, sem,
@@ -475,6 +481,6 @@ def moe_top1(
         h.stride(0), down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), out.stride(0),
         row, t * row,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split,
-        num_warps=cfg.num_warps, num_stages=stages,
+        num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(x.device),
     )
     return out

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from . import reference
+from .pdl import pdl_enter, pdl_launch
 from .rotary import apply_partial_rotary
 
 
@@ -59,8 +60,9 @@ def _kernel(
     QK, CONV, TEMP, POS, INV_FREQ, QO, KO, KROWS,
     stride_qk, stride_conv, eps, sqrt_d,
     HQ: tl.constexpr, HK: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
-    HAS_ROWS: tl.constexpr,
+    HAS_ROWS: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     t = tl.program_id(0).to(tl.int64)
     DT: tl.constexpr = QO.dtype.element_ty
     row = t * stride_qk
@@ -133,6 +135,7 @@ def fused_cca_qk(qk: torch.Tensor, conv: torch.Tensor, temp: torch.Tensor, posit
             qk, conv, temp, positions, inv_freq.contiguous(), q, k, out_rows if k_out is not None else positions,
             qk.stride(0), conv.stride(0), torch.finfo(qk.dtype).eps, d**0.5,
             HQ=hq, HK=hk, G=hq // hk, D=d, HALF=inv_freq.shape[0], HAS_ROWS=k_out is not None, num_warps=4,
+            **pdl_launch(qk.device),
         )
     return q, k
 

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from .reference import ResidualScaling
+from .pdl import pdl_enter, pdl_launch
 from .tuning import kernel_config
 
 
@@ -41,8 +42,9 @@ def _rms_norm_kernel(
     HAS_RES: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     BLOCK: tl.constexpr,
-    NUM_CHUNKS: tl.constexpr,
+    NUM_CHUNKS: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     x_ptr = X + row * stride_x
     r_ptr = R + row * stride_r
@@ -129,6 +131,7 @@ def _launch(
             BLOCK=block,
             NUM_CHUNKS=chunks,
             num_warps=cfg.num_warps if block >= 1024 else 4,
+            **pdl_launch(x.device),
         )
     y = y.view(shape)
     return y, (new_r.view(shape) if residual is not None else None)

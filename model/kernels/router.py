@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enter, pdl_launch
 from .tuning import kernel_config
 
 
@@ -61,12 +62,15 @@ def _router_kernel(
     S, PREV, PREV_SCALE, NW, W1, B1, W2, B2, WO, BIAS, OUT_W, OUT_E, SINK,
     n_tokens, width, n_classes, eps, stride_s, stride_prev, n_blocks, n_warm,
     R_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr, CHUNK: tl.constexpr,
-    HAS_PREV: tl.constexpr, PRECISION: tl.constexpr, WARM_BLOCK: tl.constexpr,
+    HAS_PREV: tl.constexpr, PRECISION: tl.constexpr, WARM_BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if pid >= n_blocks:  # an L2 warm-up program (launched after the token programs)
+        # before the PDL wait: it reads only weights, which no kernel writes, so it may run
+        # while the previous kernel finishes (its SINK is written only for a NaN sum)
         _warm_slice(W1, W2, SINK, pid - n_blocks, n_warm, width * width, WARM_BLOCK)
         return
+    pdl_enter(PDL)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < n_tokens
     cols = tl.arange(0, R_PAD)
@@ -181,6 +185,6 @@ def router_top1(
         R_PAD=r_pad, E_PAD=max(16, triton.next_power_of_2(n_classes)), BLOCK_T=block_t, CHUNK=chunk,
         HAS_PREV=prev is not None,
         PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32", WARM_BLOCK=1024,
-        num_warps=cfg.num_warps, num_stages=stages,
+        num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(s.device),
     )
     return out_w, out_e

@@ -108,9 +108,11 @@ _HOPPER: DeviceTable = {
     # warm-up programs 12.8/13.2/13.2 us against chunk 128 w8 s2 without 14.1/14.3/14.4 (the
     # earlier entry; 32 tile/warp/stage candidates swept before it, none faster)
     "router": KernelConfig(block_m=16, block_k=256, num_warps=8, num_stages=3, l2_warm=32),
-    # First guesses, to be swept (scripts/tune_decode.py --only linear_small,linear_medium)
-    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, swap_ab=1, split_k=8),
-    "linear_medium": KernelConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3, split_k=8),
+    # H200 2026-12-05 (scripts/tune_decode.py, 14 candidates each, cold L2; q/k/v, o_proj and the
+    # router's down-projection at 1/16 and 64/256 rows): sums 51.4 us (cuBLAS 50.5) and 60.4 us
+    # (cuBLAS 52.2): no faster than cuBLAS kernel for kernel
+    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3, swap_ab=1),
+    "linear_medium": KernelConfig(block_m=64, block_n=32, block_k=128, num_warps=4, num_stages=4, split_k=8),
 }
 
 # AMD Instinct MI300X (ROCm): NOT MEASURED. No MI300X was available to this project; these

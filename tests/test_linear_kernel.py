@@ -30,6 +30,7 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 4e-3 if _INTERP
 def _tuning(tmp_path, monkeypatch: pytest.MonkeyPatch, **fields: int) -> None:
     """Both linear regimes take `fields` (through a ZAYA_KERNEL_TUNING file, as a user would)."""
     path = tmp_path / f"linear-{abs(hash(tuple(sorted(fields.items()))))}.json"
+    fields = {"vendor_blas": 0, **fields}
     path.write_text(json.dumps({"linear_small": fields, "linear_medium": fields}))
     monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(path))
 
@@ -90,6 +91,7 @@ def test_linear_writes_a_strided_input_and_falls_back_beyond_decode_sizes(tmp_pa
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from model.kernels import decode_linear as lin
 
+    _tuning(tmp_path, monkeypatch, block_m=16, block_n=32, block_k=32)
     launches = _Launches(lin._linear_kernel)
     monkeypatch.setattr(lin, "_linear_kernel", launches)
     g = torch.Generator(device=DEVICE).manual_seed(3)
@@ -102,6 +104,9 @@ def test_linear_writes_a_strided_input_and_falls_back_beyond_decode_sizes(tmp_pa
     big = torch.randn(lin.MAX_ROWS + 1, 48, generator=g, device=DEVICE)
     assert torch.equal(lin.linear(big, w), F.linear(big, w)) and len(launches.grids) == 1
     monkeypatch.setenv("ZAYA_TRITON_LINEAR", "0")  # the benchmark's A/B switch
+    assert torch.equal(lin.linear(x, w), F.linear(x, w)) and len(launches.grids) == 1
+    monkeypatch.delenv("ZAYA_TRITON_LINEAR")
+    _tuning(tmp_path, monkeypatch, vendor_blas=1)  # the table's per-regime choice of cuBLAS
     assert torch.equal(lin.linear(x, w), F.linear(x, w)) and len(launches.grids) == 1
     with pytest.raises(ValueError, match=r"x \(9, 48\) and weight \(24, 40\)"):
         lin.linear(x, w[:, :40])

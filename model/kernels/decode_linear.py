@@ -1,6 +1,6 @@
 """y = x @ W^T + b for decode-sized x: the skinny GEMMs of a decode step (q/k/v, o_proj, router).
 
-Why not cuBLAS: a decode step's linears have few rows (the batch) and few output columns
+Why try beside cuBLAS: a decode step's linears have few rows (the batch) and few output columns
 (1,536 for q/k/v, 2,048 for o_proj, 256 for the router's down-projection) over K = 1,024 or
 2,048. cuBLAS's tiles leave most SMs idle there: on an H200 (2026-12-03 profile, batch 256)
 q/k/v took 6.9 us for 6.3 MB of weights, o_proj 5.5 us for 4 MB, the router's 1 MB 5.9 us,
@@ -16,8 +16,11 @@ Split-K (model/kernels/splitk.py) when the tiles are too few to fill the GPU: th
 router's 16 tiles at batch 256 are cut and o_proj's 128 are not. Slices are reduced in split
 order: the bits do not depend on timing.
 
-ZAYA_TRITON_LINEAR=0 in the environment sends every call to F.linear (the A/B switch of the
-engine benchmark: cuBLAS and this kernel in one run).
+Measured (H200, 2026-12-05): kernel for kernel no faster than cuBLAS; in the engine it gains
+at batch 1 (346 against 325 tok/s) because it joins the chain of early launches
+(model/kernels/pdl.py) and cuBLAS does not, and loses at 256 (44.9K against 46.1K). The table's
+`vendor_blas` flag picks F.linear per regime (the Hopper table: this kernel below 64 rows only).
+ZAYA_TRITON_LINEAR=0 in the environment sends every call to F.linear (an A/B switch).
 
 Numerics: fp32 accumulation, the bias added in fp32, one rounding to x's dtype (cuBLAS's fused
 bias epilogue does the same; its K order differs, so results agree to the dtype's rounding).
@@ -131,7 +134,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """y = x @ weight^T + bias, like F.linear; x [M, K], weight [N, K], bias [N] or None.
 
     The Triton kernel for 1 <= M <= MAX_ROWS on a GPU (or under the interpreter); F.linear
-    otherwise (prefill sizes, CPU tensors, or ZAYA_TRITON_LINEAR=0).
+    otherwise (prefill sizes, CPU tensors, a table entry with vendor_blas = 1, or
+    ZAYA_TRITON_LINEAR=0).
     """
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"x {tuple(x.shape)} and weight {tuple(weight.shape)}: expected [M, K] and [N, K]")
@@ -147,6 +151,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if weight.stride(1) != 1:
         weight = weight.contiguous()
     cfg = linear_config(m, x.device)
+    if cfg.vendor_blas:  # the table says cuBLAS / hipBLASLt is the better choice for this regime
+        return F.linear(x, weight, bias)
     bm, bn, bk, stages = cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_stages
     if x.dtype == torch.float32:  # fp32 tiles are twice the bytes: stay inside shared memory
         bn, bk, stages = min(bn, 64), min(bk, 64), min(stages, 2)

@@ -53,6 +53,9 @@ class KernelConfig:
     # router only: extra programs that each load one slice of the MLP weights and discard it,
     # so the weights come from HBM over that many SMs at once (see model/kernels/router.py)
     l2_warm: int = 0
+    # linear_* only: 1 = F.linear (cuBLAS / hipBLASLt) serves this regime better than the Triton
+    # kernel (measured where it says so); the other fields are then unused
+    vendor_blas: int = 0
 
 
 # Per-kernel entries. Keys are used by the launchers in this package:
@@ -110,9 +113,12 @@ _HOPPER: DeviceTable = {
     "router": KernelConfig(block_m=16, block_k=256, num_warps=8, num_stages=3, l2_warm=32),
     # H200 2026-12-05 (scripts/tune_decode.py, 14 candidates each, cold L2; q/k/v, o_proj and the
     # router's down-projection at 1/16 and 64/256 rows): sums 51.4 us (cuBLAS 50.5) and 60.4 us
-    # (cuBLAS 52.2): no faster than cuBLAS kernel for kernel
+    # (cuBLAS 52.2), no faster kernel for kernel. In the engine, where the Triton kernel joins
+    # the chain of PDL launches (model/kernels/pdl.py) and cuBLAS does not: batch 1 346 tok/s
+    # against 325 with cuBLAS, batch 256 44.9K against 46.1K. So Triton below 64 rows, cuBLAS above.
     "linear_small": KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3, swap_ab=1),
-    "linear_medium": KernelConfig(block_m=64, block_n=32, block_k=128, num_warps=4, num_stages=4, split_k=8),
+    "linear_medium": KernelConfig(block_m=64, block_n=32, block_k=128, num_warps=4, num_stages=4, split_k=8,
+                                  vendor_blas=1),
 }
 
 # AMD Instinct MI300X (ROCm): NOT MEASURED. No MI300X was available to this project; these
@@ -129,8 +135,11 @@ _MI300X: DeviceTable = {
     "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=2),
     "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
-    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2, swap_ab=1, split_k=4),
-    "linear_medium": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2, split_k=4),
+    # hipBLASLt until a sweep on an MI300X says otherwise (the Triton entries are first guesses)
+    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2, swap_ab=1, split_k=4,
+                                 vendor_blas=1),
+    "linear_medium": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2, split_k=4,
+                                  vendor_blas=1),
 }
 
 # Anything else (older NVIDIA parts, the CPU interpreter): conservative, small tiles that fit
@@ -145,8 +154,11 @@ DEFAULT: DeviceTable = {
     "moe_medium": KernelConfig(block_m=32, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "moe_large": KernelConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
     "router": KernelConfig(block_m=16, block_k=64, num_warps=4, num_stages=1),
-    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2, swap_ab=1, split_k=4),
-    "linear_medium": KernelConfig(block_m=32, block_n=64, block_k=64, num_warps=4, num_stages=2, split_k=4),
+    # the vendor BLAS on unmeasured GPUs (tests reach the Triton kernel through overrides)
+    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=2, swap_ab=1, split_k=4,
+                                 vendor_blas=1),
+    "linear_medium": KernelConfig(block_m=32, block_n=64, block_k=64, num_warps=4, num_stages=2, split_k=4,
+                                  vendor_blas=1),
 }
 
 TABLE: Mapping[str, DeviceTable] = {
@@ -197,7 +209,7 @@ def _resolved(kernel: str, name: str, override_path: str) -> KernelConfig:
     return replace(table[kernel], **override) if override else table[kernel]
 
 
-_FLAGS = frozenset({"swap_ab", "heads_first", "k_rows", "tma"})  # the 0/1 fields
+_FLAGS = frozenset({"swap_ab", "heads_first", "k_rows", "tma", "vendor_blas"})  # the 0/1 fields
 _COUNTS = frozenset({"l2_warm"})  # fields where 0 means "none"
 
 

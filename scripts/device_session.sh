@@ -12,7 +12,7 @@
 #             no baselines): the quick check of a kernel or engine change
 #   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
 #   tune      scripts/tune_decode.py: sweep the MoE regimes, conv_decode, the router and decode attention ($TUNE_ONLY
-#             narrows them); later steps use the winners
+#             narrows them, $TUNE_WITH=field keeps the candidates that set a field); later steps use the winners
 #             (ZAYA_KERNEL_TUNING)
 #   override  later steps use the kernel entries in $TUNING_FILE (a path in the tree), e.g. a
 #             tune step's winners fetched from an earlier call: "decode override decode"
@@ -72,7 +72,7 @@ for step in ${STEPS:-model kernels rsa}; do
     engine)  run_step engine env OUT="$R/engine" ENGINE_TEST_TIMEOUT=${ENGINE_TEST_TIMEOUT:-130} \
                ENGINE_BENCH_TIMEOUT=${ENGINE_BENCH_TIMEOUT:-150} \
                bash scripts/gpu_engine.sh --time-budget 110 ${ENGINE_ARGS:-} ;;
-    tune)    run_step tune python3 scripts/tune_decode.py --out "$R/tune" ${TUNE_ONLY:+--only "$TUNE_ONLY"}
+    tune)    run_step tune python3 scripts/tune_decode.py --out "$R/tune" ${TUNE_ONLY:+--only "$TUNE_ONLY"} ${TUNE_WITH:+--with "$TUNE_WITH"}
              [ -f "$R/tune/tuning.json" ] && export ZAYA_KERNEL_TUNING="$R/tune/tuning.json" ;;
     override) # later steps run with the kernel entries of $TUNING_FILE (a ZAYA_KERNEL_TUNING file in the tree)
              export ZAYA_KERNEL_TUNING="$PWD/$TUNING_FILE"; echo "override $TUNING_FILE" >>"$R/steps.txt" ;;

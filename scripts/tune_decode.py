@@ -71,11 +71,17 @@ def graph_time(fn: Callable[[], Any], reps: int = 15) -> float:
     return statistics.median(times)
 
 
+ONLY_FIELD = ""  # --with: keep only the candidates that set this field (and the incumbent)
+
+
 def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Callable[[Any], Any],
           out: Path) -> tuple[KernelConfig, list[str]]:
     """Time `run(case)` for every case under every candidate (installed through a
     ZAYA_KERNEL_TUNING file, as a user would); the winner has the smallest summed time."""
     incumbent = kernel_config(kernel, "cuda")
+    if ONLY_FIELD:
+        default = getattr(KernelConfig(), ONLY_FIELD)
+        grid = [c for c in grid if getattr(c, ONLY_FIELD) != default]
     lines, best = [], (float("inf"), incumbent)
     for n, cfg in enumerate(dict.fromkeys([incumbent, *grid])):
         # a new file per candidate: tuning.py reads each path once per process
@@ -91,7 +97,8 @@ def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Cal
         lines.append(f"{kernel} m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
                      + (" swap" if cfg.swap_ab else "     ") + (f" warm{cfg.l2_warm}" if cfg.l2_warm else "")
                      + (f" split{cfg.split_k}" if cfg.split_k > 1 else "")
-                     + (" vendor-BLAS" if cfg.vendor_blas else "") + "  "
+                     + (" vendor-BLAS" if cfg.vendor_blas else "")
+                     + (f" extra{cfg.extra_tiles}" if cfg.extra_tiles else "") + "  "
                      + "  ".join(f"{k} {v:7.1f}" for k, v in times.items()) + f"  sum {total:7.1f} us"
                      + ("  (table)" if cfg == incumbent else ""))
         best = min(best, (total, cfg), key=lambda p: p[0])
@@ -147,8 +154,13 @@ MOE_GRIDS = {
                    # and each tile's K loop long; slices shorten it and fill the machine.
                    *(KernelConfig(64, 64, 128, 4, 3, split_k=s) for s in (2, 4)),
                    KernelConfig(64, 64, 64, 4, 4, split_k=2), KernelConfig(64, 128, 128, 8, 3, split_k=2),
-                   *(KernelConfig(32, 64, 128, 4, 4, swap_ab=1, split_k=s) for s in (2, 4))],
+                   *(KernelConfig(32, 64, 128, 4, 4, swap_ab=1, split_k=s) for s in (2, 4)),
+                   # Looping programs: the tile table has cdiv(T, 64) + 17 entries (21 at T=256),
+                   # ~6 used when ~5 experts are routed; the unused ones are empty programs
+                   *(KernelConfig(64, 64, 128, 4, 3, extra_tiles=x) for x in (2, 4, 8)),
+                   *(KernelConfig(64, 64, 64, 4, 4, extra_tiles=x) for x in (4, 8))],
 }
+MOE_GRIDS["moe_small"] += [KernelConfig(16, 64, 128, 4, 4, swap_ab=1, extra_tiles=x) for x in (1, 2, 4)]
 MOE_TOKENS = {"moe_small": (1, 8, 32), "moe_medium": (64, 256)}
 
 
@@ -275,7 +287,13 @@ def main() -> int:
     ap.add_argument("--only", default="moe_medium,moe_small,conv_decode,router,decode_attention,"
                                       "linear_small,linear_medium",
                     help="comma-separated regimes to sweep (default: all)")
+    ap.add_argument("--with", dest="only_field", default="", metavar="FIELD",
+                    help="sweep only the candidates that set this KernelConfig field (and the table's entry)")
     args = ap.parse_args()
+    global ONLY_FIELD
+    if args.only_field and args.only_field not in KernelConfig.__dataclass_fields__:
+        ap.error(f"--with: {args.only_field!r} is no KernelConfig field")
+    ONLY_FIELD = args.only_field
     tuners: dict[str, Callable[[], tuple[KernelConfig, list[str]]]] = {
         "moe_medium": lambda: tune_moe(args.out, "moe_medium"),
         "moe_small": lambda: tune_moe(args.out, "moe_small"),

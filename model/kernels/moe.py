@@ -60,13 +60,13 @@ def _weighted_store(Y, acc, y_ptrs, wr, mask):
 
 
 @triton.jit
-def _gate_up_finish(H, WS, SEM, acc_g, acc_u, h_ptrs, ws_ptrs, mask, inter, stride_wss,
+def _gate_up_finish(H, WS, SEM, acc_g, acc_u, h_ptrs, ws_ptrs, mask, inter, stride_wss, tile,
                     SPLIT_K: tl.constexpr):
     """SwiGLU epilogue, after the split-K reduction when there is one (see the module doc)."""
     if SPLIT_K == 1:
         _swiglu_store(H, acc_g, acc_u, h_ptrs, mask)
     else:
-        slot = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        slot = tile * tl.num_programs(1) + tl.program_id(1)
         if _arrive(SEM, slot) == SPLIT_K - 1:
             _acquire(SEM, slot, SPLIT_K)
             acc_g = _collect(ws_ptrs, stride_wss, acc_g, mask, SPLIT_K)
@@ -80,12 +80,12 @@ def _gate_up_finish(H, WS, SEM, acc_g, acc_u, h_ptrs, ws_ptrs, mask, inter, stri
 
 
 @triton.jit
-def _down_finish(Y, WS, SEM, acc, y_ptrs, wr, ws_ptrs, mask, stride_wss, SPLIT_K: tl.constexpr):
+def _down_finish(Y, WS, SEM, acc, y_ptrs, wr, ws_ptrs, mask, stride_wss, tile, SPLIT_K: tl.constexpr):
     """Weighted scatter epilogue, after the split-K reduction when there is one."""
     if SPLIT_K == 1:
         _weighted_store(Y, acc, y_ptrs, wr, mask)
     else:
-        slot = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        slot = tile * tl.num_programs(1) + tl.program_id(1)
         if _arrive(SEM, slot) == SPLIT_K - 1:
             _acquire(SEM, slot, SPLIT_K)
             acc = _collect(ws_ptrs, stride_wss, acc, mask, SPLIT_K)
@@ -96,19 +96,15 @@ def _down_finish(Y, WS, SEM, acc, y_ptrs, wr, ws_ptrs, mask, stride_wss, SPLIT_K
 
 
 @triton.jit
-def _gate_up_kernel(
+def _gate_up_tile(
+    pid_m, e,
     X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
     hidden, inter, n_experts,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
-    pdl_enter(PDL)
-    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    e = tl.load(BLK_EXPERT + pid_m)
-    if (e < 0) | (e >= n_experts):  # unused tile, or the skip class (zero-filled by the down kernel)
-        return
     start = tl.load(BLK_START + pid_m)
     end = tl.load(BLK_END + pid_m)
     rows = start + tl.arange(0, BLOCK_M)
@@ -137,23 +133,40 @@ def _gate_up_kernel(
     rows64 = rows.to(tl.int64)
     _gate_up_finish(H, WS, SEM, acc_g, acc_u, H + rows64[:, None] * stride_ht + offs_n[None, :],
                     WS + rows64[:, None] * stride_wsr + offs_n[None, :], rmask[:, None] & nmask[None, :],
-                    inter, stride_wss, SPLIT_K)
+                    inter, stride_wss, pid_m, SPLIT_K)
 
 
 @triton.jit
-def _down_kernel(
+def _gate_up_kernel(
+    X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
+    hidden, inter, n_experts, n_tiles,
+    stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+):
+    # Tiles program_id(0), + grid, ... of the tile table, up to the first unused tile or
+    # skip-class tile (those come last; the down kernel writes the skip class's zeros).
+    pdl_enter(PDL)
+    pid_m = tl.program_id(0)
+    e = tl.load(BLK_EXPERT + pid_m)
+    while (e >= 0) & (e < n_experts):
+        _gate_up_tile(pid_m, e, X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM, hidden, inter,
+            n_experts, stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
+            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K)
+        pid_m += tl.num_programs(0)
+        e = tl.load(BLK_EXPERT + pid_m, mask=pid_m < n_tiles, other=-1)
+
+
+@triton.jit
+def _down_tile(
+    pid_m, e,
     H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
     hidden, inter, n_experts,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
-    pdl_enter(PDL)
-    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    e = tl.load(BLK_EXPERT + pid_m)
-    if e < 0:
-        return
     start = tl.load(BLK_START + pid_m)
     end = tl.load(BLK_END + pid_m)
     rows = start + tl.arange(0, BLOCK_M)
@@ -163,44 +176,56 @@ def _down_kernel(
     if e == n_experts:  # the skip class: these tokens' output is zero (no separate fill launch)
         if tl.program_id(2) == 0:
             _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M, BLOCK_N)
-        return
-    k_lo, k_hi = _k_range(inter, BLOCK_K, SPLIT_K)
-    offs_k = tl.arange(0, BLOCK_K)
-    h_ptr = H + rows.to(tl.int64)[:, None] * stride_ht + (k_lo + offs_k)[None, :]
-    w_ptr = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + (k_lo + offs_k)[:, None] * stride_wk
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        kmask = (k0 + offs_k) < k_hi
-        ht = tl.load(h_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        wt = tl.load(w_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
-        acc = tl.dot(ht, wt, acc, input_precision=PRECISION)
-        h_ptr += BLOCK_K
-        w_ptr += BLOCK_K * stride_wk
-    wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
-    tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
-    _down_finish(Y, WS, SEM, acc, Y + tok[:, None] * stride_yt + offs_n[None, :], wr[:, None],
-                 WS + rows.to(tl.int64)[:, None] * stride_wsr + offs_n[None, :],
-                 rmask[:, None] & nmask[None, :], stride_wss, SPLIT_K)
+    else:
+        k_lo, k_hi = _k_range(inter, BLOCK_K, SPLIT_K)
+        offs_k = tl.arange(0, BLOCK_K)
+        h_ptr = H + rows.to(tl.int64)[:, None] * stride_ht + (k_lo + offs_k)[None, :]
+        w_ptr = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + (k_lo + offs_k)[:, None] * stride_wk
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kmask = (k0 + offs_k) < k_hi
+            ht = tl.load(h_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+            wt = tl.load(w_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc = tl.dot(ht, wt, acc, input_precision=PRECISION)
+            h_ptr += BLOCK_K
+            w_ptr += BLOCK_K * stride_wk
+        wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
+        tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
+        _down_finish(Y, WS, SEM, acc, Y + tok[:, None] * stride_yt + offs_n[None, :], wr[:, None],
+                     WS + rows.to(tl.int64)[:, None] * stride_wsr + offs_n[None, :],
+                     rmask[:, None] & nmask[None, :], stride_wss, pid_m, SPLIT_K)
 
 
 @triton.jit
-def _gate_up_swapped_kernel(
+def _down_kernel(
+    H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
+    hidden, inter, n_experts, n_tiles,
+    stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+):
+    # Tiles program_id(0), + grid, ... of the tile table, up to the first unused tile.
+    pdl_enter(PDL)
+    pid_m = tl.program_id(0)
+    e = tl.load(BLK_EXPERT + pid_m)
+    while e >= 0:
+        _down_tile(pid_m, e, H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM, hidden,
+            inter, n_experts, stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
+            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K)
+        pid_m += tl.num_programs(0)
+        e = tl.load(BLK_EXPERT + pid_m, mask=pid_m < n_tiles, other=-1)
+
+
+@triton.jit
+def _gate_up_swapped_tile(
+    pid_m, e,
     X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
     hidden, inter, n_experts,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
-    """`_gate_up_kernel` with the product transposed: h^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, K] @
-    x^T [K, BLOCK_M]. The weight rows fill the MMA's M side (Hopper's warpgroup MMA needs 64
-    there) and a tile's tokens its N side (16 is enough), so a decode tile of a few tokens is
-    not padded to 64 rows of wasted multiply-adds."""
-    pdl_enter(PDL)
-    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    e = tl.load(BLK_EXPERT + pid_m)
-    if (e < 0) | (e >= n_experts):  # unused tile, or the skip class (zero-filled by the down kernel)
-        return
     start = tl.load(BLK_START + pid_m)
     end = tl.load(BLK_END + pid_m)
     rows = start + tl.arange(0, BLOCK_M)
@@ -229,24 +254,44 @@ def _gate_up_swapped_kernel(
     rows64 = rows.to(tl.int64)
     _gate_up_finish(H, WS, SEM, acc_g, acc_u, H + rows64[None, :] * stride_ht + offs_n[:, None],
                     WS + rows64[None, :] * stride_wsr + offs_n[:, None], nmask[:, None] & rmask[None, :],
-                    inter, stride_wss, SPLIT_K)
+                    inter, stride_wss, pid_m, SPLIT_K)
 
 
 @triton.jit
-def _down_swapped_kernel(
+def _gate_up_swapped_kernel(
+    X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
+    hidden, inter, n_experts, n_tiles,
+    stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+):
+    """`_gate_up_kernel` with the product transposed: h^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, K] @
+    x^T [K, BLOCK_M]. The weight rows fill the MMA's M side (Hopper's warpgroup MMA needs 64
+    there) and a tile's tokens its N side (16 is enough), so a decode tile of a few tokens is
+    not padded to 64 rows of wasted multiply-adds."""
+    # Tiles program_id(0), + grid, ... of the tile table, up to the first unused tile or
+    # skip-class tile (those come last; the down kernel writes the skip class's zeros).
+    pdl_enter(PDL)
+    pid_m = tl.program_id(0)
+    e = tl.load(BLK_EXPERT + pid_m)
+    while (e >= 0) & (e < n_experts):
+        _gate_up_swapped_tile(pid_m, e, X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
+            hidden, inter, n_experts, stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr,
+            stride_wss, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K)
+        pid_m += tl.num_programs(0)
+        e = tl.load(BLK_EXPERT + pid_m, mask=pid_m < n_tiles, other=-1)
+
+
+@triton.jit
+def _down_swapped_tile(
+    pid_m, e,
     H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
     hidden, inter, n_experts,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
-    """`_down_kernel` transposed like `_gate_up_swapped_kernel`: y^T = Wd @ h^T per tile."""
-    pdl_enter(PDL)
-    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    e = tl.load(BLK_EXPERT + pid_m)
-    if e < 0:
-        return
     start = tl.load(BLK_START + pid_m)
     end = tl.load(BLK_END + pid_m)
     rows = start + tl.arange(0, BLOCK_M)
@@ -256,24 +301,45 @@ def _down_swapped_kernel(
     if e == n_experts:  # the skip class: these tokens' output is zero (no separate fill launch)
         if tl.program_id(2) == 0:
             _store_zeros(Y, SORTED_TOK, rows, rmask, offs_n, nmask, stride_yt, BLOCK_M, BLOCK_N)
-        return
-    k_lo, k_hi = _k_range(inter, BLOCK_K, SPLIT_K)
-    offs_k = tl.arange(0, BLOCK_K)
-    ht_ptr = H + rows.to(tl.int64)[None, :] * stride_ht + (k_lo + offs_k)[:, None]  # h^T tile [BLOCK_K, BLOCK_M]
-    w_ptr = W + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        kmask = (k0 + offs_k) < k_hi
-        ht = tl.load(ht_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
-        wt = tl.load(w_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
-        acc = tl.dot(wt, ht, acc, input_precision=PRECISION)
-        ht_ptr += BLOCK_K
-        w_ptr += BLOCK_K * stride_wk
-    wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
-    tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
-    _down_finish(Y, WS, SEM, acc, Y + tok[None, :] * stride_yt + offs_n[:, None], wr[None, :],
-                 WS + rows.to(tl.int64)[None, :] * stride_wsr + offs_n[:, None],
-                 nmask[:, None] & rmask[None, :], stride_wss, SPLIT_K)
+    else:
+        k_lo, k_hi = _k_range(inter, BLOCK_K, SPLIT_K)
+        offs_k = tl.arange(0, BLOCK_K)
+        ht_ptr = H + rows.to(tl.int64)[None, :] * stride_ht + (k_lo + offs_k)[:, None]  # h^T tile [BLOCK_K, BLOCK_M]
+        w_ptr = W + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kmask = (k0 + offs_k) < k_hi
+            ht = tl.load(ht_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+            wt = tl.load(w_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
+            acc = tl.dot(wt, ht, acc, input_precision=PRECISION)
+            ht_ptr += BLOCK_K
+            w_ptr += BLOCK_K * stride_wk
+        wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
+        tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
+        _down_finish(Y, WS, SEM, acc, Y + tok[None, :] * stride_yt + offs_n[:, None], wr[None, :],
+                     WS + rows.to(tl.int64)[None, :] * stride_wsr + offs_n[:, None],
+                     nmask[:, None] & rmask[None, :], stride_wss, pid_m, SPLIT_K)
+
+
+@triton.jit
+def _down_swapped_kernel(
+    H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
+    hidden, inter, n_experts, n_tiles,
+    stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+):
+    """`_down_kernel` transposed like `_gate_up_swapped_kernel`: y^T = Wd @ h^T per tile."""
+    # Tiles program_id(0), + grid, ... of the tile table, up to the first unused tile.
+    pdl_enter(PDL)
+    pid_m = tl.program_id(0)
+    e = tl.load(BLK_EXPERT + pid_m)
+    while e >= 0:
+        _down_swapped_tile(pid_m, e, H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
+            hidden, inter, n_experts, stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr,
+            stride_wss, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K)
+        pid_m += tl.num_programs(0)
+        e = tl.load(BLK_EXPERT + pid_m, mask=pid_m < n_tiles, other=-1)
 
 
 @triton.jit
@@ -352,7 +418,7 @@ def schedule(
         order, blk_e, blk_s, blk_end, perm = tile_schedule(expert_ids, num_experts, block_m, with_skip)
         return order, expert_weights[perm].to(torch.float32), blk_e, blk_s, blk_end
     classes = num_experts + 1 if with_skip else num_experts
-    nb = triton.cdiv(t, block_m) + classes
+    nb = min(t, triton.cdiv(t, block_m) + classes)  # a tile holds at least one token
     dev = expert_ids.device
     sorted_tok = torch.empty(t, dtype=torch.int32, device=dev)
     sorted_w = torch.empty(t, dtype=torch.float32, device=dev)
@@ -389,7 +455,7 @@ def tile_schedule(
 
     Returns (order [T] int32: sorted position -> token, block_expert [NB] int32 (-1 = unused
     tile), block_start [NB], block_end [NB] int32), plus the sort permutation as int64.
-    NB = cdiv(T, block_m) + classes is the static upper bound on the number of tiles, with
+    NB = min(T, cdiv(T, block_m) + classes) is the static upper bound on the number of tiles, with
     classes = num_experts, or num_experts + 1 when the skip class gets tiles (`with_skip`).
     """
     t = expert_ids.shape[0]
@@ -405,7 +471,7 @@ def tile_schedule(
     starts = ends - counts
     tiles = (counts + block_m - 1) // block_m
     tile_ends = torch.cumsum(tiles, 0)
-    nb = triton.cdiv(t, block_m) + classes
+    nb = min(t, triton.cdiv(t, block_m) + classes)
     b = torch.arange(nb, device=ids.device)
     e_of_b = torch.searchsorted(tile_ends, b, right=True)
     valid = e_of_b < classes
@@ -456,6 +522,11 @@ def moe_top1(
     order, sorted_w, blk_e, blk_s, blk_end = schedule(expert_ids, expert_weights, num_experts, bm, with_skip=True)
     h = torch.empty((t, inter), dtype=x.dtype, device=x.device)
     nb = blk_e.shape[0]
+    # Programs along the tile axis: one per table entry, or (extra_tiles > 0) fewer, each
+    # looping over the table: the table's bound counts a partial tile for every class, and
+    # at batch 256 over ~5 experts ~15 of its 21 entries are unused, each an empty program
+    # that still takes an SM slot with the kernel's shared memory.
+    grid_tiles = min(nb, triton.cdiv(t, bm) + cfg.extra_tiles) if cfg.extra_tiles else nb
     cols_gu, cols_d = triton.cdiv(inter, bn), triton.cdiv(hidden, bn)
     split = min(cfg.split_k, triton.cdiv(min(hidden, inter), bk))
     sem = split_counters(x.device, nb * max(cols_gu, cols_d)) if split > 1 else None
@@ -467,17 +538,17 @@ def moe_top1(
     sem = sem if sem is not None else blk_e  # unsplit: an unused pointer argument
     gate_up_kernel, down_kernel = ((_gate_up_swapped_kernel, _down_swapped_kernel) if cfg.swap_ab
                                    else (_gate_up_kernel, _down_kernel))
-    gate_up_kernel[(nb, cols_gu, split)](
+    gate_up_kernel[(grid_tiles, cols_gu, split)](
         x, gate_up_proj, h, order, blk_e, blk_s, blk_end, ws, sem,
-        hidden, inter, num_experts,
+        hidden, inter, num_experts, nb,
         x.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2), h.stride(0),
         row, t * row,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split,
         num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(x.device),
     )
-    down_kernel[(nb, cols_d, split)](
+    down_kernel[(grid_tiles, cols_d, split)](
         h, down_proj, out, order, sorted_w, blk_e, blk_s, blk_end, ws, sem,
-        hidden, inter, num_experts,
+        hidden, inter, num_experts, nb,
         h.stride(0), down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), out.stride(0),
         row, t * row,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split,

@@ -56,6 +56,9 @@ class KernelConfig:
     # linear_* only: 1 = F.linear (cuBLAS / hipBLASLt) serves this regime better than the Triton
     # kernel (measured where it says so); the other fields are then unused
     vendor_blas: int = 0
+    # MoE only: the grid's tile axis has cdiv(T, block_m) + extra_tiles programs, each looping
+    # over the tile table; 0 = one program per table entry (cdiv(T, block_m) + classes of them)
+    extra_tiles: int = 0
 
 
 # Per-kernel entries. Keys are used by the launchers in this package:
@@ -210,7 +213,7 @@ def _resolved(kernel: str, name: str, override_path: str) -> KernelConfig:
 
 
 _FLAGS = frozenset({"swap_ab", "heads_first", "k_rows", "tma", "vendor_blas"})  # the 0/1 fields
-_COUNTS = frozenset({"l2_warm"})  # fields where 0 means "none"
+_COUNTS = frozenset({"l2_warm", "extra_tiles"})  # fields where 0 means "none"
 
 
 @lru_cache(maxsize=None)

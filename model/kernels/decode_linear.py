@@ -22,6 +22,10 @@ at batch 1 (346 against 325 tok/s) because it joins the chain of early launches
 `vendor_blas` flag picks F.linear per regime (the Hopper table: this kernel below 64 rows only).
 ZAYA_TRITON_LINEAR=0 in the environment sends every call to F.linear (an A/B switch).
 
+With PDL on, a small-regime launch first asks for its weight slice in L2 (`prefetch.global.L2`
+per 128-byte line) and only then waits for the previous kernel: the weights' trip from HBM
+overlaps the predecessor's tail (ZAYA_LINEAR_PREFETCH=0 turns it off).
+
 Numerics: fp32 accumulation, the bias added in fp32, one rounding to x's dtype (cuBLAS's fused
 bias epilogue does the same; its K order differs, so results agree to the dtype's rounding).
 """
@@ -44,6 +48,18 @@ MAX_ROWS = 1024
 
 
 @triton.jit
+def _prefetch_l2(W, cols64, cmask, stride_wn, k_lo, k_hi, LINE: tl.constexpr, LINES: tl.constexpr):
+    """Ask for this program's weight slice in L2 (one `prefetch.global.L2` per 128-byte line),
+    issued before the PDL wait: weights are never written, so they may be fetched while the
+    previous kernel still runs, and the GEMM loop then reads them from L2."""
+    offs = k_lo + tl.arange(0, LINES) * LINE
+    ptrs = W + cols64[:, None] * stride_wn + offs[None, :]
+    ptrs = tl.where(cmask[:, None] & (offs < k_hi)[None, :], ptrs, W)  # idle lanes: W's first line
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def _store(Y, B, acc, y_ptrs, bias_offs, bias_mask, mask, HAS_BIAS: tl.constexpr, BIAS_ON_ROWS: tl.constexpr):
     if HAS_BIAS:
         b = tl.load(B + bias_offs, mask=bias_mask, other=0.0).to(tl.float32)
@@ -60,8 +76,8 @@ def _linear_kernel(
     M, N, K, stride_xm, stride_wn, stride_ym, stride_wss,
     HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    LINE: tl.constexpr, PREFETCH_LINES: tl.constexpr,
 ):
-    pdl_enter(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -71,6 +87,10 @@ def _linear_kernel(
     rows64 = rows.to(tl.int64)
     cols64 = cols.to(tl.int64)
     k_lo, k_hi = _k_range(K, BLOCK_K, SPLIT_K)
+    if PREFETCH_LINES > 0:
+        if pid_m == 0:  # the other row tiles read the same weights
+            _prefetch_l2(W, cols64, cmask, stride_wn, k_lo, k_hi, LINE, PREFETCH_LINES)
+    pdl_enter(PDL)
     offs_k = k_lo + tl.arange(0, BLOCK_K)
     if SWAP:
         # acc^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M]
@@ -162,12 +182,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if sem is None:
         split = 1
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    launch = pdl_launch(x.device)
+    # L2 prefetch of the weights during the previous kernel's tail: only with PDL (NVIDIA), only
+    # where a launch is latency-bound (the small regime's few row tiles), and ZAYA_LINEAR_PREFETCH=0 off
+    line = max(1, 128 // weight.element_size())
+    per_split = triton.cdiv(triton.cdiv(k, bk), split) * bk
+    prefetch = (triton.next_power_of_2(triton.cdiv(per_split, line))
+                if launch["PDL"] and m < 64 and os.environ.get("ZAYA_LINEAR_PREFETCH", "1") != "0" else 0)
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     _linear_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), split)](
         x, weight, bias if bias is not None else weight, y, ws, sem if sem is not None else y,
         m, n, k, x.stride(0), weight.stride(0), y.stride(0), m * n,
         HAS_BIAS=bias is not None, SWAP=bool(cfg.swap_ab), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SPLIT_K=split,
-        num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(x.device),
+        num_warps=cfg.num_warps, num_stages=stages, **launch,
+        LINE=line, PREFETCH_LINES=prefetch,
     )
     return y

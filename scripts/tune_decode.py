@@ -97,7 +97,7 @@ def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Cal
         lines.append(f"{kernel} m{cfg.block_m} n{cfg.block_n} k{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
                      + (" swap" if cfg.swap_ab else "     ") + (f" warm{cfg.l2_warm}" if cfg.l2_warm else "")
                      + (f" split{cfg.split_k}" if cfg.split_k > 1 else "")
-                     + (" vendor-BLAS" if cfg.vendor_blas else "")
+                     + (" vendor-BLAS" if cfg.vendor_blas else "") + (" tma" if cfg.tma else "")
                      + (f" extra{cfg.extra_tiles}" if cfg.extra_tiles else "") + "  "
                      + "  ".join(f"{k} {v:7.1f}" for k, v in times.items()) + f"  sum {total:7.1f} us"
                      + ("  (table)" if cfg == incumbent else ""))
@@ -161,6 +161,20 @@ MOE_GRIDS = {
                    *(KernelConfig(64, 64, 64, 4, 4, extra_tiles=x) for x in (4, 8))],
 }
 MOE_GRIDS["moe_small"] += [KernelConfig(16, 64, 128, 4, 4, swap_ab=1, extra_tiles=x) for x in (1, 2, 4)]
+# Weights through tensor descriptors (TMA): one bulk copy per weight tile instead of every
+# thread's 16-byte copies, so a program keeps more of its stream in flight with fewer
+# registers and instructions; split-K again beside them (more programs may pay off once each
+# pulls faster). --with tma sweeps just these against the table's entry.
+MOE_GRIDS["moe_small"] += [
+    KernelConfig(16, 64, 128, 4, 4, swap_ab=1, tma=1), KernelConfig(16, 64, 256, 4, 3, swap_ab=1, tma=1),
+    KernelConfig(16, 128, 128, 4, 3, swap_ab=1, tma=1), KernelConfig(16, 64, 64, 4, 6, swap_ab=1, tma=1),
+    KernelConfig(16, 64, 128, 4, 4, tma=1), KernelConfig(32, 64, 128, 4, 4, swap_ab=1, tma=1),
+    *(KernelConfig(16, 64, 128, 4, 4, swap_ab=1, split_k=sp, tma=1) for sp in (2, 4))]
+MOE_GRIDS["moe_medium"] += [
+    KernelConfig(64, 64, 128, 4, 3, tma=1), KernelConfig(64, 64, 64, 4, 4, tma=1), KernelConfig(64, 64, 64, 4, 6, tma=1),
+    KernelConfig(64, 32, 128, 4, 4, tma=1), KernelConfig(128, 64, 64, 8, 3, tma=1), KernelConfig(64, 128, 64, 4, 3, tma=1),
+    KernelConfig(32, 64, 128, 4, 4, swap_ab=1, tma=1), KernelConfig(32, 128, 128, 8, 3, swap_ab=1, tma=1),
+    KernelConfig(16, 64, 128, 4, 4, swap_ab=1, tma=1), KernelConfig(64, 64, 128, 4, 3, split_k=2, tma=1)]
 MOE_TOKENS = {"moe_small": (1, 8, 32), "moe_medium": (64, 256)}
 
 
@@ -236,6 +250,16 @@ LINEAR_GRIDS = {
                       KernelConfig(64, 128, 128, 8, 3, swap_ab=1, split_k=8),
                       KernelConfig(128, 64, 128, 8, 3, swap_ab=1, split_k=8)],
 }
+# Weights through tensor descriptors (TMA), as in the MoE (--with tma: only these)
+LINEAR_GRIDS["linear_small"] += [*(KernelConfig(16, 64, 128, 4, 4, swap_ab=1, split_k=sp, tma=1) for sp in (1, 4, 8)),
+                                 KernelConfig(16, 64, 256, 4, 3, swap_ab=1, split_k=8, tma=1),
+                                 KernelConfig(16, 32, 128, 4, 4, swap_ab=1, split_k=8, tma=1)]
+LINEAR_GRIDS["linear_medium"] += [*(KernelConfig(64, 64, 128, 4, 3, split_k=sp, tma=1) for sp in (1, 4, 8)),
+                                  KernelConfig(64, 32, 128, 4, 4, split_k=8, tma=1),
+                                  KernelConfig(128, 64, 64, 8, 3, split_k=8, tma=1),
+                                  KernelConfig(64, 64, 64, 4, 5, split_k=8, tma=1),
+                                  KernelConfig(64, 64, 128, 4, 3, swap_ab=1, split_k=8, tma=1),
+                                  KernelConfig(32, 64, 128, 4, 4, swap_ab=1, split_k=8, tma=1)]
 
 
 def tune_linear(out: Path, regime: str) -> tuple[KernelConfig, list[str]]:

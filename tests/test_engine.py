@@ -335,8 +335,10 @@ print([c.token_ids for c in out] == [c.token_ids for c in generate(m, prompts, p
 """
 
 
-@pytest.mark.parametrize(("fused_qk", "table"), [("0", "default"), ("1", "default"), ("1", "H100"), ("1", "split-k")],
-                         ids=["composed-qk", "fused-qk", "fused-qk-hopper-table", "fused-qk-moe-split-k"])
+@pytest.mark.parametrize(("fused_qk", "table"), [("0", "default"), ("1", "default"), ("1", "H100"), ("1", "split-k"),
+                                               ("1", "moe-tma")],
+                         ids=["composed-qk", "fused-qk", "fused-qk-hopper-table", "fused-qk-moe-split-k",
+                              "fused-qk-moe-tma"])
 def test_triton_kernels_in_the_engine_match_generate_under_the_interpreter(fused_qk: str, table: str,
                                                                             tmp_path: Path) -> None:
     # TRITON_INTERPRET must be set before Triton is imported: a fresh interpreter. The 8-token
@@ -345,7 +347,8 @@ def test_triton_kernels_in_the_engine_match_generate_under_the_interpreter(fused
     # takes, so unless ZAYA_FUSED_QK=0 it runs in every layer of prefill and decode. The
     # interpreter gets the CPU table; "H100" forces the Hopper entries (TMA prefill, swapped
     # MoE tiles) through ZAYA_KERNEL_TUNING, so the code paths the GPU runs are checked here too;
-    # "split-k" cuts the tiny model's K of 64 into three slices of 16 in every MoE GEMM.
+    # "split-k" cuts the tiny model's K of 64 into three slices of 16 in every MoE GEMM;
+    # "moe-tma" reads the expert weights through tensor descriptors (both MoE layouts).
     import json
 
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT), ZAYA_FUSED_QK=fused_qk)
@@ -357,6 +360,8 @@ def test_triton_kernels_in_the_engine_match_generate_under_the_interpreter(fused
         entries = {k: asdict(v) for k, v in tuning._table_for(table).items()}
     elif table == "split-k":
         entries = {r: {"block_k": 16, "split_k": 3} for r in ("moe_small", "moe_medium", "moe_large")}
+    elif table == "moe-tma":
+        entries = {"moe_small": {"tma": 1, "swap_ab": 1}, "moe_medium": {"tma": 1}, "moe_large": {"tma": 1}}
     if table != "default":
         (tmp_path / "table.json").write_text(json.dumps(entries))
         env["ZAYA_KERNEL_TUNING"] = str(tmp_path / "table.json")

@@ -13,13 +13,12 @@ Softmax uses exp2 with the scale folded into log2(e) * scale; statistics are fp3
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import triton
 import triton.language as tl
 
 from .pdl import pdl_enter, pdl_launch
+from .tma import TensorDescriptor, tma_device
 from .tuning import kernel_config, multiprocessor_count
 
 _LOG2E = 1.4426950408889634
@@ -225,27 +224,12 @@ def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
     return hq // hk
 
 
-try:  # host-side tensor descriptors: Triton 3.3+; with an older one the pointer path runs
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover (the pinned Triton has them)
-    TensorDescriptor = None
-
-
-@lru_cache(maxsize=None)
-def _has_tma(device_index: int) -> bool:
-    """NVIDIA compute capability 9+ (cached: this runs on every prefill launch)."""
-    return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def _tma_ready(*ts: torch.Tensor) -> bool:
     """Whether tensor descriptors can address these [T, H, D] tensors as [T, H * D] (heads
     adjacent): a device with a TMA unit (NVIDIA compute capability 9+; the interpreter
     emulates one) and 16-byte aligned bases and token strides, as the copy engine requires.
     Otherwise the pointer path runs."""
-    dev = ts[0].device
-    if TensorDescriptor is None:
-        return False
-    if dev.type == "cuda" and not _has_tma(dev.index if dev.index is not None else torch.cuda.current_device()):
+    if not tma_device(ts[0].device):
         return False
     return all(t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
                for t in ts)

@@ -41,6 +41,7 @@ import triton.language as tl
 
 from .splitk import _acquire, _arrive, _collect, _k_range, _publish, _release, split_counters
 from .pdl import pdl_enter, pdl_launch
+from .tma import matrix_descriptor, tma_addressable, tma_device
 from .tuning import KernelConfig, is_interpreter, kernel_config, multiprocessor_count
 
 # Above this many rows a linear is a prefill GEMM: cuBLAS's large tiles are the right tool.
@@ -72,12 +73,14 @@ def _store(Y, B, acc, y_ptrs, bias_offs, bias_mask, mask, HAS_BIAS: tl.constexpr
 
 @triton.jit
 def _linear_kernel(
-    X, W, B, Y, WS, SEM,
+    X, W, W_RAW, B, Y, WS, SEM,
     M, N, K, stride_xm, stride_wn, stride_ym, stride_wss,
     HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
-    LINE: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    LINE: tl.constexpr, PREFETCH_LINES: tl.constexpr, TMA: tl.constexpr,
 ):
+    # W: the weight matrix [N, K], or (TMA) a descriptor over it loading [BLOCK_N, BLOCK_K]
+    # tiles; W_RAW: the same matrix as a pointer (for the L2 prefetch)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -89,36 +92,50 @@ def _linear_kernel(
     k_lo, k_hi = _k_range(K, BLOCK_K, SPLIT_K)
     if PREFETCH_LINES > 0:
         if pid_m == 0:  # the other row tiles read the same weights
-            _prefetch_l2(W, cols64, cmask, stride_wn, k_lo, k_hi, LINE, PREFETCH_LINES)
+            _prefetch_l2(W_RAW, cols64, cmask, stride_wn, k_lo, k_hi, LINE, PREFETCH_LINES)
     pdl_enter(PDL)
     offs_k = k_lo + tl.arange(0, BLOCK_K)
     if SWAP:
         # acc^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M]
-        w_ptr = W + cols64[:, None] * stride_wn + offs_k[None, :]
         x_ptr = X + rows64[None, :] * stride_xm + offs_k[:, None]
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            kmask = (k0 - k_lo + offs_k) < k_hi
-            wt = tl.load(w_ptr, mask=cmask[:, None] & kmask[None, :], other=0.0)
-            xt = tl.load(x_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
-            acc = tl.dot(wt, xt, acc, input_precision=PRECISION)
-            w_ptr += BLOCK_K
-            x_ptr += BLOCK_K
+        if TMA:  # columns past N and K past the matrix read as zero
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kmask = (k0 - k_lo + offs_k) < k_hi
+                xt = tl.load(x_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+                acc = tl.dot(W.load([pid_n * BLOCK_N, k0]), xt, acc, input_precision=PRECISION)
+                x_ptr += BLOCK_K
+        else:
+            w_ptr = W + cols64[:, None] * stride_wn + offs_k[None, :]
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kmask = (k0 - k_lo + offs_k) < k_hi
+                wt = tl.load(w_ptr, mask=cmask[:, None] & kmask[None, :], other=0.0)
+                xt = tl.load(x_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+                acc = tl.dot(wt, xt, acc, input_precision=PRECISION)
+                w_ptr += BLOCK_K
+                x_ptr += BLOCK_K
         mask = cmask[:, None] & rmask[None, :]
         offs = rows64[None, :] * stride_ym + cols64[:, None]
         ws_offs = rows64[None, :] * N + cols64[:, None]
     else:
         # acc [BLOCK_M, BLOCK_N] = x [BLOCK_M, BLOCK_K] @ W^T [BLOCK_K, BLOCK_N]
         x_ptr = X + rows64[:, None] * stride_xm + offs_k[None, :]
-        w_ptr = W + cols64[None, :] * stride_wn + offs_k[:, None]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            kmask = (k0 - k_lo + offs_k) < k_hi
-            xt = tl.load(x_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
-            wt = tl.load(w_ptr, mask=kmask[:, None] & cmask[None, :], other=0.0)
-            acc = tl.dot(xt, wt, acc, input_precision=PRECISION)
-            x_ptr += BLOCK_K
-            w_ptr += BLOCK_K
+        if TMA:
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kmask = (k0 - k_lo + offs_k) < k_hi
+                xt = tl.load(x_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                acc = tl.dot(xt, tl.trans(W.load([pid_n * BLOCK_N, k0])), acc, input_precision=PRECISION)
+                x_ptr += BLOCK_K
+        else:
+            w_ptr = W + cols64[None, :] * stride_wn + offs_k[:, None]
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kmask = (k0 - k_lo + offs_k) < k_hi
+                xt = tl.load(x_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                wt = tl.load(w_ptr, mask=kmask[:, None] & cmask[None, :], other=0.0)
+                acc = tl.dot(xt, wt, acc, input_precision=PRECISION)
+                x_ptr += BLOCK_K
+                w_ptr += BLOCK_K
         mask = rmask[:, None] & cmask[None, :]
         offs = rows64[:, None] * stride_ym + cols64[None, :]
         ws_offs = rows64[:, None] * N + cols64[None, :]
@@ -190,12 +207,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     prefetch = (triton.next_power_of_2(triton.cdiv(per_split, line))
                 if launch["PDL"] and m < 64 and os.environ.get("ZAYA_LINEAR_PREFETCH", "1") != "0" else 0)
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+    tma = bool(cfg.tma) and tma_device(x.device) and tma_addressable(weight)
     _linear_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), split)](
-        x, weight, bias if bias is not None else weight, y, ws, sem if sem is not None else y,
+        x, matrix_descriptor(weight, (bn, bk)) if tma else weight, weight, bias if bias is not None else weight, y, ws, sem if sem is not None else y,
         m, n, k, x.stride(0), weight.stride(0), y.stride(0), m * n,
         HAS_BIAS=bias is not None, SWAP=bool(cfg.swap_ab), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", SPLIT_K=split,
         num_warps=cfg.num_warps, num_stages=stages, **launch,
-        LINE=line, PREFETCH_LINES=prefetch,
+        LINE=line, PREFETCH_LINES=prefetch, TMA=tma,
     )
     return y

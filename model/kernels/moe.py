@@ -35,6 +35,7 @@ import triton.language as tl
 
 from .splitk import _acquire, _arrive, _collect, _k_range, _publish, _release, split_counters
 from .pdl import pdl_enter, pdl_launch
+from .tma import matrix_descriptor, tma_addressable, tma_device
 from .tuning import KernelConfig, kernel_config
 
 
@@ -102,7 +103,7 @@ def _gate_up_tile(
     hidden, inter, n_experts,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr,
 ):
     pid_n = tl.program_id(1)
     start = tl.load(BLK_START + pid_m)
@@ -115,21 +116,32 @@ def _gate_up_tile(
     k_lo, k_hi = _k_range(hidden, BLOCK_K, SPLIT_K)
     offs_k = tl.arange(0, BLOCK_K)
     x_ptr = X + tok[:, None] * stride_xt + (k_lo + offs_k)[None, :]
-    w_base = W + e.to(tl.int64) * stride_we
-    wg_ptr = w_base + offs_n[None, :] * stride_wn + (k_lo + offs_k)[:, None] * stride_wk
-    wu_ptr = wg_ptr + inter * stride_wn
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        kmask = (k0 + offs_k) < k_hi
-        xt = tl.load(x_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        wg = tl.load(wg_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
-        wu = tl.load(wu_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
-        acc_g = tl.dot(xt, wg, acc_g, input_precision=PRECISION)
-        acc_u = tl.dot(xt, wu, acc_u, input_precision=PRECISION)
-        x_ptr += BLOCK_K
-        wg_ptr += BLOCK_K * stride_wk
-        wu_ptr += BLOCK_K * stride_wk
+    if TMA:  # W: a descriptor over [E * 2I, H] (see _weight_descriptor)
+        row_g = e * (2 * inter) + pid_n * BLOCK_N
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kmask = (k0 + offs_k) < k_hi
+            xt = tl.load(x_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+            wg = W.load([row_g, k0])
+            wu = W.load([row_g + inter, k0])
+            acc_g = tl.dot(xt, tl.trans(wg), acc_g, input_precision=PRECISION)
+            acc_u = tl.dot(xt, tl.trans(wu), acc_u, input_precision=PRECISION)
+            x_ptr += BLOCK_K
+    else:
+        w_base = W + e.to(tl.int64) * stride_we
+        wg_ptr = w_base + offs_n[None, :] * stride_wn + (k_lo + offs_k)[:, None] * stride_wk
+        wu_ptr = wg_ptr + inter * stride_wn
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kmask = (k0 + offs_k) < k_hi
+            xt = tl.load(x_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+            wg = tl.load(wg_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            wu = tl.load(wu_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc_g = tl.dot(xt, wg, acc_g, input_precision=PRECISION)
+            acc_u = tl.dot(xt, wu, acc_u, input_precision=PRECISION)
+            x_ptr += BLOCK_K
+            wg_ptr += BLOCK_K * stride_wk
+            wu_ptr += BLOCK_K * stride_wk
     rows64 = rows.to(tl.int64)
     _gate_up_finish(H, WS, SEM, acc_g, acc_u, H + rows64[:, None] * stride_ht + offs_n[None, :],
                     WS + rows64[:, None] * stride_wsr + offs_n[None, :], rmask[:, None] & nmask[None, :],
@@ -142,7 +154,7 @@ def _gate_up_kernel(
     hidden, inter, n_experts, n_tiles,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr, PDL: tl.constexpr,
 ):
     # Tiles program_id(0), + grid, ... of the tile table, up to the first unused tile or
     # skip-class tile (those come last; the down kernel writes the skip class's zeros).
@@ -152,7 +164,7 @@ def _gate_up_kernel(
     while (e >= 0) & (e < n_experts):
         _gate_up_tile(pid_m, e, X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM, hidden, inter,
             n_experts, stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
-            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K)
+            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K, TMA)
         pid_m += tl.num_programs(0)
         e = tl.load(BLK_EXPERT + pid_m, mask=pid_m < n_tiles, other=-1)
 
@@ -164,7 +176,7 @@ def _down_tile(
     hidden, inter, n_experts,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr,
 ):
     pid_n = tl.program_id(1)
     start = tl.load(BLK_START + pid_m)
@@ -180,15 +192,23 @@ def _down_tile(
         k_lo, k_hi = _k_range(inter, BLOCK_K, SPLIT_K)
         offs_k = tl.arange(0, BLOCK_K)
         h_ptr = H + rows.to(tl.int64)[:, None] * stride_ht + (k_lo + offs_k)[None, :]
-        w_ptr = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + (k_lo + offs_k)[:, None] * stride_wk
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            kmask = (k0 + offs_k) < k_hi
-            ht = tl.load(h_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
-            wt = tl.load(w_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc = tl.dot(ht, wt, acc, input_precision=PRECISION)
-            h_ptr += BLOCK_K
-            w_ptr += BLOCK_K * stride_wk
+        if TMA:  # W: a descriptor over [E * H, I]
+            row_w = e * hidden + pid_n * BLOCK_N
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kmask = (k0 + offs_k) < k_hi
+                ht = tl.load(h_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                acc = tl.dot(ht, tl.trans(W.load([row_w, k0])), acc, input_precision=PRECISION)
+                h_ptr += BLOCK_K
+        else:
+            w_ptr = W + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + (k_lo + offs_k)[:, None] * stride_wk
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kmask = (k0 + offs_k) < k_hi
+                ht = tl.load(h_ptr, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                wt = tl.load(w_ptr, mask=kmask[:, None] & nmask[None, :], other=0.0)
+                acc = tl.dot(ht, wt, acc, input_precision=PRECISION)
+                h_ptr += BLOCK_K
+                w_ptr += BLOCK_K * stride_wk
         wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
         tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
         _down_finish(Y, WS, SEM, acc, Y + tok[:, None] * stride_yt + offs_n[None, :], wr[:, None],
@@ -202,7 +222,7 @@ def _down_kernel(
     hidden, inter, n_experts, n_tiles,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr, PDL: tl.constexpr,
 ):
     # Tiles program_id(0), + grid, ... of the tile table, up to the first unused tile.
     pdl_enter(PDL)
@@ -211,7 +231,7 @@ def _down_kernel(
     while e >= 0:
         _down_tile(pid_m, e, H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM, hidden,
             inter, n_experts, stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
-            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K)
+            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K, TMA)
         pid_m += tl.num_programs(0)
         e = tl.load(BLK_EXPERT + pid_m, mask=pid_m < n_tiles, other=-1)
 
@@ -223,7 +243,7 @@ def _gate_up_swapped_tile(
     hidden, inter, n_experts,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr,
 ):
     pid_n = tl.program_id(1)
     start = tl.load(BLK_START + pid_m)
@@ -236,21 +256,30 @@ def _gate_up_swapped_tile(
     k_lo, k_hi = _k_range(hidden, BLOCK_K, SPLIT_K)
     offs_k = tl.arange(0, BLOCK_K)
     xt_ptr = X + tok[None, :] * stride_xt + (k_lo + offs_k)[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
-    w_base = W + e.to(tl.int64) * stride_we
-    wg_ptr = w_base + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk  # [BLOCK_N, BLOCK_K]
-    wu_ptr = wg_ptr + inter * stride_wn
     acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        kmask = (k0 + offs_k) < k_hi
-        xt = tl.load(xt_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
-        wg = tl.load(wg_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
-        wu = tl.load(wu_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
-        acc_g = tl.dot(wg, xt, acc_g, input_precision=PRECISION)
-        acc_u = tl.dot(wu, xt, acc_u, input_precision=PRECISION)
-        xt_ptr += BLOCK_K
-        wg_ptr += BLOCK_K * stride_wk
-        wu_ptr += BLOCK_K * stride_wk
+    if TMA:  # W: a descriptor over [E * 2I, H]
+        row_g = e * (2 * inter) + pid_n * BLOCK_N
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kmask = (k0 + offs_k) < k_hi
+            xt = tl.load(xt_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+            acc_g = tl.dot(W.load([row_g, k0]), xt, acc_g, input_precision=PRECISION)
+            acc_u = tl.dot(W.load([row_g + inter, k0]), xt, acc_u, input_precision=PRECISION)
+            xt_ptr += BLOCK_K
+    else:
+        w_base = W + e.to(tl.int64) * stride_we
+        wg_ptr = w_base + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk  # [BLOCK_N, BLOCK_K]
+        wu_ptr = wg_ptr + inter * stride_wn
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kmask = (k0 + offs_k) < k_hi
+            xt = tl.load(xt_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+            wg = tl.load(wg_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
+            wu = tl.load(wu_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
+            acc_g = tl.dot(wg, xt, acc_g, input_precision=PRECISION)
+            acc_u = tl.dot(wu, xt, acc_u, input_precision=PRECISION)
+            xt_ptr += BLOCK_K
+            wg_ptr += BLOCK_K * stride_wk
+            wu_ptr += BLOCK_K * stride_wk
     rows64 = rows.to(tl.int64)
     _gate_up_finish(H, WS, SEM, acc_g, acc_u, H + rows64[None, :] * stride_ht + offs_n[:, None],
                     WS + rows64[None, :] * stride_wsr + offs_n[:, None], nmask[:, None] & rmask[None, :],
@@ -263,7 +292,7 @@ def _gate_up_swapped_kernel(
     hidden, inter, n_experts, n_tiles,
     stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr, PDL: tl.constexpr,
 ):
     """`_gate_up_kernel` with the product transposed: h^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, K] @
     x^T [K, BLOCK_M]. The weight rows fill the MMA's M side (Hopper's warpgroup MMA needs 64
@@ -277,7 +306,7 @@ def _gate_up_swapped_kernel(
     while (e >= 0) & (e < n_experts):
         _gate_up_swapped_tile(pid_m, e, X, W, H, SORTED_TOK, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
             hidden, inter, n_experts, stride_xt, stride_we, stride_wn, stride_wk, stride_ht, stride_wsr,
-            stride_wss, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K)
+            stride_wss, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K, TMA)
         pid_m += tl.num_programs(0)
         e = tl.load(BLK_EXPERT + pid_m, mask=pid_m < n_tiles, other=-1)
 
@@ -289,7 +318,7 @@ def _down_swapped_tile(
     hidden, inter, n_experts,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr,
 ):
     pid_n = tl.program_id(1)
     start = tl.load(BLK_START + pid_m)
@@ -305,15 +334,23 @@ def _down_swapped_tile(
         k_lo, k_hi = _k_range(inter, BLOCK_K, SPLIT_K)
         offs_k = tl.arange(0, BLOCK_K)
         ht_ptr = H + rows.to(tl.int64)[None, :] * stride_ht + (k_lo + offs_k)[:, None]  # h^T tile [BLOCK_K, BLOCK_M]
-        w_ptr = W + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            kmask = (k0 + offs_k) < k_hi
-            ht = tl.load(ht_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
-            wt = tl.load(w_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
-            acc = tl.dot(wt, ht, acc, input_precision=PRECISION)
-            ht_ptr += BLOCK_K
-            w_ptr += BLOCK_K * stride_wk
+        if TMA:  # W: a descriptor over [E * H, I]
+            row_w = e * hidden + pid_n * BLOCK_N
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kmask = (k0 + offs_k) < k_hi
+                ht = tl.load(ht_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+                acc = tl.dot(W.load([row_w, k0]), ht, acc, input_precision=PRECISION)
+                ht_ptr += BLOCK_K
+        else:
+            w_ptr = W + e.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                kmask = (k0 + offs_k) < k_hi
+                ht = tl.load(ht_ptr, mask=kmask[:, None] & rmask[None, :], other=0.0)
+                wt = tl.load(w_ptr, mask=nmask[:, None] & kmask[None, :], other=0.0)
+                acc = tl.dot(wt, ht, acc, input_precision=PRECISION)
+                ht_ptr += BLOCK_K
+                w_ptr += BLOCK_K * stride_wk
         wr = tl.load(SORTED_W + rows, mask=rmask, other=0.0).to(tl.float32)
         tok = tl.load(SORTED_TOK + rows, mask=rmask, other=0).to(tl.int64)
         _down_finish(Y, WS, SEM, acc, Y + tok[None, :] * stride_yt + offs_n[:, None], wr[None, :],
@@ -327,7 +364,7 @@ def _down_swapped_kernel(
     hidden, inter, n_experts, n_tiles,
     stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr, stride_wss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr, PDL: tl.constexpr,
 ):
     """`_down_kernel` transposed like `_gate_up_swapped_kernel`: y^T = Wd @ h^T per tile."""
     # Tiles program_id(0), + grid, ... of the tile table, up to the first unused tile.
@@ -337,7 +374,7 @@ def _down_swapped_kernel(
     while e >= 0:
         _down_swapped_tile(pid_m, e, H, W, Y, SORTED_TOK, SORTED_W, BLK_EXPERT, BLK_START, BLK_END, WS, SEM,
             hidden, inter, n_experts, stride_ht, stride_we, stride_wn, stride_wk, stride_yt, stride_wsr,
-            stride_wss, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K)
+            stride_wss, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, SPLIT_K, TMA)
         pid_m += tl.num_programs(0)
         e = tl.load(BLK_EXPERT + pid_m, mask=pid_m < n_tiles, other=-1)
 
@@ -538,20 +575,34 @@ def moe_top1(
     sem = sem if sem is not None else blk_e  # unsplit: an unused pointer argument
     gate_up_kernel, down_kernel = ((_gate_up_swapped_kernel, _down_swapped_kernel) if cfg.swap_ab
                                    else (_gate_up_kernel, _down_kernel))
+    # Weights through descriptors when the table says so and the copy engine can address them
+    # (the activations stay pointer loads: their rows are gathered by token id)
+    tma = bool(cfg.tma) and _tma_weights(gate_up_proj, down_proj)
+    w_gu = matrix_descriptor(gate_up_proj, (bn, bk)) if tma else gate_up_proj
+    w_d = matrix_descriptor(down_proj, (bn, bk)) if tma else down_proj
     gate_up_kernel[(grid_tiles, cols_gu, split)](
-        x, gate_up_proj, h, order, blk_e, blk_s, blk_end, ws, sem,
+        x, w_gu, h, order, blk_e, blk_s, blk_end, ws, sem,
         hidden, inter, num_experts, nb,
         x.stride(0), gate_up_proj.stride(0), gate_up_proj.stride(1), gate_up_proj.stride(2), h.stride(0),
         row, t * row,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split, TMA=tma,
         num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(x.device),
     )
     down_kernel[(grid_tiles, cols_d, split)](
-        h, down_proj, out, order, sorted_w, blk_e, blk_s, blk_end, ws, sem,
+        h, w_d, out, order, sorted_w, blk_e, blk_s, blk_end, ws, sem,
         hidden, inter, num_experts, nb,
         h.stride(0), down_proj.stride(0), down_proj.stride(1), down_proj.stride(2), out.stride(0),
         row, t * row,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, SPLIT_K=split, TMA=tma,
         num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(x.device),
     )
     return out
+
+
+def _tma_weights(gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> bool:
+    """Whether both expert weight stacks can be read through descriptors as [E * rows, K]
+    matrices: contiguous, aligned, on a device with a TMA unit (or the interpreter), and
+    with row indices that fit the descriptor's int32 coordinates."""
+    return (tma_device(gate_up_proj.device)
+            and all(w.is_contiguous() and tma_addressable(w) and w.numel() // w.shape[-1] < 2**31
+                    for w in (gate_up_proj, down_proj)))

@@ -49,7 +49,9 @@ class KernelConfig:
     # transposed in registers instead of loaded as [D, block_n] (model/kernels/cca_attention.py)
     heads_first: int = 0
     k_rows: int = 0
-    tma: int = 0  # prefill_attention: 1 = Q/K/V through tensor descriptors (Hopper's TMA)
+    # 1 = tiles through tensor descriptors (Hopper's TMA; model/kernels/tma.py): Q/K/V in
+    # prefill_attention, the expert weights in moe_*, the weights in linear_*
+    tma: int = 0
     # router only: extra programs that each load one slice of the MLP weights and discard it,
     # so the weights come from HBM over that many SMs at once (see model/kernels/router.py)
     l2_warm: int = 0

@@ -224,6 +224,10 @@ def tune_router(out: Path) -> tuple[KernelConfig, list[str]]:
     # number of L2 warm-up programs, with the two runners-up beside the table's tiles.
     grid = [KernelConfig(block_m=16, block_k=bk, num_warps=8, num_stages=st, l2_warm=warm)
             for bk, st in ((128, 2), (256, 3), (64, 3)) for warm in (0, 4, 8, 16, 32, 64)]
+    # Split over the router width (split_k slices of block_k columns, one program each): the
+    # chain of dependent loads in one program is what the router's time is made of
+    grid += [KernelConfig(block_m=16, block_k=bk, num_warps=w, num_stages=2, split_k=sp, l2_warm=warm)
+             for bk, sp in ((64, 2), (64, 4), (32, 4), (32, 8)) for w in (4, 8) for warm in (0, 16)]
     return sweep("router", grid, cases,
                  lambda c: router_top1(c[0], *weights, 1e-5, prev=c[1], prev_scale=prev_scale), out)
 

@@ -447,6 +447,42 @@ def test_router_l2_warm_up_programs_leave_the_result_unchanged(warm: int, tmp_pa
     assert torch.equal(s_plain, s_warm)
 
 
+@pytest.mark.parametrize(("chunk", "split"), [(64, 2), (32, 8), (64, 3)], ids=["2x64", "8x32", "3-of-4-chunks"])
+@pytest.mark.parametrize("tokens", [1, 45])
+def test_router_split_over_the_width(chunk: int, split: int, tokens: int, tmp_path, monkeypatch) -> None:
+    """split_k: fc1's columns / fc2's K cut into slices, one program each, the partials added in
+    split order by the last slice. The depth-average state is formed as unsplit (bit for bit),
+    the choice is the float64 one away from near-ties, the result is run-to-run identical, and
+    the counters are back at zero."""
+    import json
+
+    from model.kernels import splitk
+
+    dtype = DTYPES[0]
+    s, prev, scale, wts, bias = _depth_average_case(_gen(53 + tokens + split), tokens, dtype)
+    s_plain = s.clone()
+    plain = router_top1(s_plain, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale)
+    path = tmp_path / f"split-{chunk}-{split}.json"
+    path.write_text(json.dumps({"router": {"block_k": chunk, "split_k": split, "l2_warm": 2}}))
+    monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(path))
+    runs = []
+    for _ in range(2):
+        s_split = s.clone()
+        runs.append((s_split, *router_top1(s_split, **wts, balancing_biases=bias, eps=1e-5, prev=prev,
+                                           prev_scale=scale)))
+    (s1, w1, c1), (s2, w2, c2) = runs
+    assert torch.equal(s1, s_plain), "the depth-average state must be the unsplit one"
+    assert torch.equal(w1, w2) and torch.equal(c1, c2) and torch.equal(s1, s2), "split output must be run-to-run identical"
+    assert int(splitk.split_counters(s.device, 0).abs().sum()) == 0, "split counters must be reset"
+    w64, c64 = ref.router_top1(_d(s_plain), **{k: _d(v) for k, v in wts.items()}, balancing_biases=_d(bias), eps=1e-5)
+    clear = _router_margin(_d(s_plain), {k: _d(v) for k, v in wts.items()}, _d(bias)) > (
+        0.02 if dtype != torch.float32 else 1e-5)
+    assert torch.equal(c1[clear], c64[clear])
+    assert torch.equal(c1[clear], plain[1][clear])
+    same = c1 == c64
+    _check(w1[same], w64[same], dtype, "split router weight")
+
+
 def test_router_skip_class_gets_zero_weight_when_its_bias_wins() -> None:
     g = _gen(37)
     r, classes, dtype = 256, 17, DTYPES[0]

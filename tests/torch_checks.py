@@ -38,9 +38,11 @@ def nan_filled_allocations():
     torch.use_deterministic_algorithms(old_det)
 
 
-def rerun_under_interpreter(test_file: str, timeout: int) -> subprocess.CompletedProcess:
+def rerun_under_interpreter(test_file: str, timeout: int, select: str = "") -> subprocess.CompletedProcess:
     """Run a test file again in a fresh process with TRITON_INTERPRET=1 (it must be set before
-    Triton is imported), so a plain CPU `pytest` covers the kernel checks it holds."""
+    Triton is imported), so a plain CPU `pytest` covers the kernel checks it holds; `select`
+    narrows it to the tests a `-k` expression picks."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file,
+                           *(["-k", select] if select else [])],
                           env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)

@@ -20,6 +20,14 @@ many SMs at once and the token programs read them from L2. Measured (H200, 2026-
 12:56): alone they gain nothing at chunk 128 (14.3 us at T=256 with or without), and with
 chunk 256 / 3 stages they take 14.8 us to 13.2 us, the table's entry; so the weights' trip
 from HBM is a small part of the time, most of it is the chain inside one program.
+
+Hence the split over the router width (`split_k` in the table, with `block_k` the chunk):
+each token block's chunks are dealt out to split_k programs, each computing its fc1 columns
+h1_c and their fc2 partial h1_c @ W2[:, c]^T; the last slice to finish adds the fp32 partials
+in split order (model/kernels/splitk.py: the same bits whichever finished last) and runs the
+rest (GELU, the class logits, softmax, top-1). A program's chain is then 1/split_k as long,
+and the weights come in over split_k SMs. With the depth average, the last slice writes the
+state back, after every slice has read s.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_enter, pdl_launch
+from .splitk import _acquire, _arrive, _collect, _k_range, _publish, _release, split_counters
 from .tuning import kernel_config
 
 
@@ -58,17 +67,43 @@ def _warm_slice(W1, W2, SINK, w, n_warm, n_weights, WARM_BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _router_finish(acc2, B2, WO, BIAS, OUT_W, OUT_E, rows, rmask, cols, cmask, width, n_classes,
+                   E_PAD: tl.constexpr, PRECISION: tl.constexpr):
+    """From fc2's accumulator: GELU, the class logits, softmax, the biased top-1 and its weight."""
+    wdt = WO.dtype.element_ty
+    b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(tl.float32)
+    h2 = _gelu(acc2 + b2[None, :]).to(wdt)
+    ecols = tl.arange(0, E_PAD)
+    emask = ecols < n_classes
+    wot = tl.load(WO + ecols[None, :] * width + cols[:, None], mask=cmask[:, None] & emask[None, :], other=0.0)
+    logits = tl.dot(h2, wot, input_precision=PRECISION)
+    logits = tl.where(emask[None, :], logits, float("-inf"))
+    mx = tl.max(logits, axis=1)
+    ex = tl.exp(logits - mx[:, None])
+    p = ex / tl.sum(ex, axis=1)[:, None]
+    bias = tl.load(BIAS + ecols, mask=emask, other=float("-inf")).to(tl.float32)
+    biased = tl.where(emask[None, :], p + bias[None, :], float("-inf"))
+    choice = tl.argmax(biased, axis=1)
+    w = tl.sum(tl.where(ecols[None, :] == choice[:, None], p, 0.0), axis=1)
+    w = tl.where(choice == n_classes - 1, 0.0, w)
+    tl.store(OUT_W + rows, w, mask=rmask)
+    tl.store(OUT_E + rows, choice.to(tl.int32), mask=rmask)
+
+
+@triton.jit
 def _router_kernel(
-    S, PREV, PREV_SCALE, NW, W1, B1, W2, B2, WO, BIAS, OUT_W, OUT_E, SINK,
-    n_tokens, width, n_classes, eps, stride_s, stride_prev, n_blocks, n_warm,
+    S, PREV, PREV_SCALE, NW, W1, B1, W2, B2, WO, BIAS, OUT_W, OUT_E, SINK, WS, SEM,
+    n_tokens, width, n_classes, eps, stride_s, stride_prev, n_blocks, n_warm, stride_wss,
     R_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr, CHUNK: tl.constexpr,
-    HAS_PREV: tl.constexpr, PRECISION: tl.constexpr, WARM_BLOCK: tl.constexpr, PDL: tl.constexpr,
+    HAS_PREV: tl.constexpr, PRECISION: tl.constexpr, WARM_BLOCK: tl.constexpr, SPLIT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if pid >= n_blocks:  # an L2 warm-up program (launched after the token programs)
         # before the PDL wait: it reads only weights, which no kernel writes, so it may run
         # while the previous kernel finishes (its SINK is written only for a NaN sum)
-        _warm_slice(W1, W2, SINK, pid - n_blocks, n_warm, width * width, WARM_BLOCK)
+        if tl.program_id(2) == 0:
+            _warm_slice(W1, W2, SINK, pid - n_blocks, n_warm, width * width, WARM_BLOCK)
         return
     pdl_enter(PDL)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -90,7 +125,8 @@ def _router_kernel(
         scale = tl.load(PREV_SCALE + cols, mask=cmask, other=0.0)
         scaled = (prev.to(tl.float32) * scale.to(tl.float32)[None, :]).to(sdt)
         s = (s.to(tl.float32) + scaled.to(tl.float32)).to(sdt)
-        tl.store(s_ptr, s, mask=smask)
+        if SPLIT == 1:  # split: the last slice writes it, once every slice has read s
+            tl.store(s_ptr, s, mask=smask)
     wdt = W1.dtype.element_ty
     sf = s.to(wdt).to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(sf * sf, axis=1) / width + eps)
@@ -99,9 +135,11 @@ def _router_kernel(
 
     acc2 = tl.zeros([BLOCK_T, R_PAD], dtype=tl.float32)
     offs_c = tl.arange(0, CHUNK)
-    for c0 in range(0, R_PAD, CHUNK):
+    # this program's chunks of the router width (all of it unless split: program_id(2))
+    c_lo, c_hi = _k_range(width, CHUNK, SPLIT)
+    for c0 in range(c_lo, c_hi, CHUNK):
         ch = c0 + offs_c
-        chm = ch < width
+        chm = ch < c_hi
         # W1 rows of this chunk, transposed to [R, CHUNK]
         w1t = tl.load(W1 + ch[None, :] * width + cols[:, None], mask=cmask[:, None] & chm[None, :], other=0.0)
         b1 = tl.load(B1 + ch, mask=chm, other=0.0).to(tl.float32)
@@ -109,24 +147,23 @@ def _router_kernel(
         # W2 columns of this chunk, transposed to [CHUNK, R]
         w2t = tl.load(W2 + cols[None, :] * width + ch[:, None], mask=chm[:, None] & cmask[None, :], other=0.0)
         acc2 = tl.dot(h1, w2t, acc2, input_precision=PRECISION)
-    b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(tl.float32)
-    h2 = _gelu(acc2 + b2[None, :]).to(wdt)
-
-    ecols = tl.arange(0, E_PAD)
-    emask = ecols < n_classes
-    wot = tl.load(WO + ecols[None, :] * width + cols[:, None], mask=cmask[:, None] & emask[None, :], other=0.0)
-    logits = tl.dot(h2, wot, input_precision=PRECISION)
-    logits = tl.where(emask[None, :], logits, float("-inf"))
-    mx = tl.max(logits, axis=1)
-    ex = tl.exp(logits - mx[:, None])
-    p = ex / tl.sum(ex, axis=1)[:, None]
-    bias = tl.load(BIAS + ecols, mask=emask, other=float("-inf")).to(tl.float32)
-    biased = tl.where(emask[None, :], p + bias[None, :], float("-inf"))
-    choice = tl.argmax(biased, axis=1)
-    w = tl.sum(tl.where(ecols[None, :] == choice[:, None], p, 0.0), axis=1)
-    w = tl.where(choice == n_classes - 1, 0.0, w)
-    tl.store(OUT_W + rows, w, mask=rmask)
-    tl.store(OUT_E + rows, choice.to(tl.int32), mask=rmask)
+    if SPLIT == 1:
+        _router_finish(acc2, B2, WO, BIAS, OUT_W, OUT_E, rows, rmask, cols, cmask, width, n_classes, E_PAD,
+                       PRECISION)
+    else:
+        # fc2 split over its K (the router width): the last slice to finish adds the fp32
+        # partials in split order (the same bits whichever came last) and runs the rest
+        ws_ptrs = WS + rows.to(tl.int64)[:, None] * R_PAD + cols[None, :]
+        if _arrive(SEM, pid) == SPLIT - 1:
+            _acquire(SEM, pid, SPLIT)
+            acc2 = _collect(ws_ptrs, stride_wss, acc2, smask, SPLIT)
+            if HAS_PREV:
+                tl.store(s_ptr, s, mask=smask)
+            _router_finish(acc2, B2, WO, BIAS, OUT_W, OUT_E, rows, rmask, cols, cmask, width, n_classes, E_PAD,
+                           PRECISION)
+        else:
+            _publish(ws_ptrs + tl.program_id(2) * stride_wss, acc2, smask)
+            _release(SEM, pid)
 
 
 def router_top1(
@@ -178,13 +215,22 @@ def router_top1(
     n_blocks = triton.cdiv(t, block_t)
     n_warm = cfg.l2_warm
     sink = torch.empty(max(1, n_warm), dtype=torch.float32, device=s.device)
-    _router_kernel[(n_blocks + n_warm,)](
+    # split_k: each token block's fc1 columns / fc2 K cut into slices of whole chunks, one
+    # program each (a decode step's router is a chain of dependent loads in one program)
+    split = min(cfg.split_k, triton.cdiv(width, chunk))
+    sem = split_counters(s.device, n_blocks) if split > 1 else None
+    if sem is None:
+        split = 1
+    ws = torch.empty((split, t, r_pad), dtype=torch.float32, device=s.device) if split > 1 else out_w
+    _router_kernel[(n_blocks + n_warm, 1, split)](
         s, prev if prev is not None else s, prev_scale if prev is not None else norm_weight,
         norm_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias, out_weight, balancing_biases, out_w, out_e, sink,
+        ws, sem if sem is not None else out_e,
         t, width, n_classes, eps, s.stride(0), prev.stride(0) if prev is not None else 0, n_blocks, n_warm,
+        t * r_pad,
         R_PAD=r_pad, E_PAD=max(16, triton.next_power_of_2(n_classes)), BLOCK_T=block_t, CHUNK=chunk,
         HAS_PREV=prev is not None,
-        PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32", WARM_BLOCK=1024,
+        PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32", WARM_BLOCK=1024, SPLIT=split,
         num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(s.device),
     )
     return out_w, out_e

@@ -12,7 +12,7 @@
 #             no baselines): the quick check of a kernel or engine change
 #   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
 #   tune      scripts/tune_decode.py: sweep the MoE regimes, conv_decode, the router and decode attention ($TUNE_ONLY
-#             narrows them, $TUNE_WITH=field keeps the candidates that set a field); later steps use the winners
+#             narrows them, $TUNE_WITH=field[,regime:field] keeps the candidates that set a field); later steps use the winners
 #             (ZAYA_KERNEL_TUNING)
 #   override  later steps use the kernel entries in $TUNING_FILE (a path in the tree), e.g. a
 #             tune step's winners fetched from an earlier call: "decode override decode"

@@ -71,7 +71,9 @@ def graph_time(fn: Callable[[], Any], reps: int = 15) -> float:
     return statistics.median(times)
 
 
-ONLY_FIELD = ""  # --with: keep only the candidates that set this field (and the incumbent)
+# --with: per regime, the fields a candidate must set to be swept (besides the incumbent);
+# key "" applies to the regimes not named
+ONLY_FIELDS: dict[str, str] = {}
 
 
 def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Callable[[Any], Any],
@@ -79,9 +81,10 @@ def sweep(kernel: str, grid: list[KernelConfig], cases: dict[str, Any], run: Cal
     """Time `run(case)` for every case under every candidate (installed through a
     ZAYA_KERNEL_TUNING file, as a user would); the winner has the smallest summed time."""
     incumbent = kernel_config(kernel, "cuda")
-    if ONLY_FIELD:
-        default = getattr(KernelConfig(), ONLY_FIELD)
-        grid = [c for c in grid if getattr(c, ONLY_FIELD) != default]
+    field = ONLY_FIELDS.get(kernel, ONLY_FIELDS.get("", ""))
+    if field:
+        default = getattr(KernelConfig(), field)
+        grid = [c for c in grid if getattr(c, field) != default]
     lines, best = [], (float("inf"), incumbent)
     for n, cfg in enumerate(dict.fromkeys([incumbent, *grid])):
         # a new file per candidate: tuning.py reads each path once per process
@@ -315,13 +318,15 @@ def main() -> int:
     ap.add_argument("--only", default="moe_medium,moe_small,conv_decode,router,decode_attention,"
                                       "linear_small,linear_medium",
                     help="comma-separated regimes to sweep (default: all)")
-    ap.add_argument("--with", dest="only_field", default="", metavar="FIELD",
-                    help="sweep only the candidates that set this KernelConfig field (and the table's entry)")
+    ap.add_argument("--with", dest="only_field", default="", metavar="[REGIME:]FIELD,...",
+                    help="sweep only the candidates that set this KernelConfig field (and the table's entry); "
+                         "REGIME:FIELD for one regime, e.g. tma,router:split_k")
     args = ap.parse_args()
-    global ONLY_FIELD
-    if args.only_field and args.only_field not in KernelConfig.__dataclass_fields__:
-        ap.error(f"--with: {args.only_field!r} is no KernelConfig field")
-    ONLY_FIELD = args.only_field
+    for item in filter(None, args.only_field.split(",")):
+        regime, _, field = item.rpartition(":")
+        if field not in KernelConfig.__dataclass_fields__:
+            ap.error(f"--with: {field!r} is no KernelConfig field")
+        ONLY_FIELDS[regime] = field
     tuners: dict[str, Callable[[], tuple[KernelConfig, list[str]]]] = {
         "moe_medium": lambda: tune_moe(args.out, "moe_medium"),
         "moe_small": lambda: tune_moe(args.out, "moe_small"),

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_enter, pdl_launch
-from .splitk import _acquire, _arrive, _collect, _k_range, _publish, _release, split_counters
+from .splitk import _acquire, _arrive, _collect, _publish, _release, split_counters
 from .tuning import kernel_config
 
 
@@ -96,7 +96,7 @@ def _router_kernel(
     n_tokens, width, n_classes, eps, stride_s, stride_prev, n_blocks, n_warm, stride_wss,
     R_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr, CHUNK: tl.constexpr,
     HAS_PREV: tl.constexpr, PRECISION: tl.constexpr, WARM_BLOCK: tl.constexpr, SPLIT: tl.constexpr,
-    PDL: tl.constexpr,
+    PER: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if pid >= n_blocks:  # an L2 warm-up program (launched after the token programs)
@@ -134,12 +134,13 @@ def _router_kernel(
     xn = ((sf * rstd[:, None]).to(wdt).to(tl.float32) * nw[None, :]).to(wdt)
 
     acc2 = tl.zeros([BLOCK_T, R_PAD], dtype=tl.float32)
-    offs_c = tl.arange(0, CHUNK)
-    # this program's chunks of the router width (all of it unless split: program_id(2))
-    c_lo, c_hi = _k_range(width, CHUNK, SPLIT)
-    for c0 in range(c_lo, c_hi, CHUNK):
+    # This program's PER columns of the router width (all of it unless split: program_id(2)).
+    # A loop of constant trip count: with one chunk (the Hopper entry) it is not pipelined,
+    # so its single 128 KB stage is not multiplied by num_stages in shared memory.
+    offs_c = tl.program_id(2) * PER + tl.arange(0, CHUNK)
+    for c0 in range(0, PER, CHUNK):
         ch = c0 + offs_c
-        chm = ch < c_hi
+        chm = ch < width
         # W1 rows of this chunk, transposed to [R, CHUNK]
         w1t = tl.load(W1 + ch[None, :] * width + cols[:, None], mask=cmask[:, None] & chm[None, :], other=0.0)
         b1 = tl.load(B1 + ch, mask=chm, other=0.0).to(tl.float32)
@@ -231,6 +232,7 @@ def router_top1(
         R_PAD=r_pad, E_PAD=max(16, triton.next_power_of_2(n_classes)), BLOCK_T=block_t, CHUNK=chunk,
         HAS_PREV=prev is not None,
         PRECISION="ieee" if fc1_weight.dtype == torch.float32 else "tf32", WARM_BLOCK=1024, SPLIT=split,
+        PER=triton.cdiv(triton.cdiv(width, chunk), split) * chunk,
         num_warps=cfg.num_warps, num_stages=stages, **pdl_launch(s.device),
     )
     return out_w, out_e

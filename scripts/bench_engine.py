@@ -20,6 +20,20 @@ tokens, stop tokens off:
                 2 GiB device-to-device copy in the same run (bytes read + written).
 All times are CUDA events after warm-up. A case that fails prints its error and the run goes on.
 Also printed: compressed K/V bytes per token against multi-head attention of the same hidden size.
+
+Routing (--routing; the result JSON's "routing" and the table header say which):
+  random    the router as the random weights leave it (the default, and what earlier results
+            used). Its choices are very skewed: at batch 256 a layer sends its tokens to ~4.5 of
+            its 16 experts, so a step reads far fewer expert weights than on a real checkpoint.
+  balanced  first fit the balancing biases with `model.routing.balance_routing_` the way ZAYA1
+            training does (auxiliary-loss-free load balancing: each expert's bias steps up while it
+            gets fewer tokens than the mean, down while more), so experts are evenly loaded as on a
+            trained checkpoint and a batch of 64+ touches nearly all of them (each layer's share of
+            mixture-of-depths skips stays as the random weights have it). Calibration prompts are
+            --calib-prompts other random prompts (seeds no measured batch uses), long enough to
+            reach the positions the decode steps run at; only those positions are counted, since a
+            random model's routing drifts with position. The fit's time and before/after loads are
+            printed and stored under "routing_fit".
 """
 
 from __future__ import annotations
@@ -38,7 +52,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import SamplingParams, Zaya1Config, Zaya1ForCausalLM, generate, parameter_counts, randomize_  # noqa: E402
+from model import (  # noqa: E402
+    SamplingParams,
+    Zaya1Config,
+    Zaya1ForCausalLM,
+    balance_routing_,
+    generate,
+    parameter_counts,
+    randomize_,
+)
 from model.engine import Engine, EngineConfig  # noqa: E402
 from model.engine.sequence import Status  # noqa: E402
 
@@ -83,6 +105,42 @@ def build_model(name: str) -> Zaya1ForCausalLM:
 def prompts_for(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(8, vocab, (batch, length), generator=g).tolist()
+
+
+CALIB_SEED = 1_000_003  # measured batches use seed = batch size (profile_engine: 0); never this one
+
+
+def balance_for_decode(model: Zaya1ForCausalLM, prompt_len: int, decode_len: int, prompts: int) -> dict[str, Any]:
+    """Fit the balancing biases (--routing balanced): the loads of `prompts` calibration sequences
+    of prompt_len + decode_len random tokens, counted at positions >= prompt_len (where the timed
+    decode steps run). Returns the fit's stats plus its wall time and a summary."""
+    ids = torch.tensor(prompts_for(prompts, prompt_len + decode_len, model.config.vocab_size, seed=CALIB_SEED))
+    counted = torch.zeros_like(ids, dtype=torch.bool)
+    counted[:, prompt_len:] = True
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    stats = balance_routing_(model, ids, count_mask=counted)
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    stats["seconds"] = time.perf_counter() - t0
+    stats["calib_prompts"], stats["calib_len"], stats["counted_from"] = prompts, prompt_len + decode_len, prompt_len
+    stats["summary"] = {when: {"max_over_mean_mean": sum(s["max_over_mean"]) / len(s["max_over_mean"]),
+                               "max_over_mean_worst": max(s["max_over_mean"]),
+                               "distinct_experts_min": min(s["distinct_experts"]),
+                               "skip_fraction_mean": sum(s["skip_fraction"]) / len(s["skip_fraction"])}
+                        for when, s in (("before", stats["before"]), ("after", stats["after"]))}
+    return stats
+
+
+def describe_fit(stats: dict[str, Any]) -> str:
+    b, a = stats["summary"]["before"], stats["summary"]["after"]
+    return (f"balanced routing: fit in {stats['seconds']:.1f} s ({stats['steps']} steps, {stats['calib_prompts']} "
+            f"calibration prompts of {stats['calib_len']} tokens, {stats['tokens_counted']} counted); expert max/mean "
+            f"load {b['max_over_mean_mean']:.2f} (worst layer {b['max_over_mean_worst']:.2f}) -> "
+            f"{a['max_over_mean_mean']:.2f} ({a['max_over_mean_worst']:.2f}), fewest experts used "
+            f"{b['distinct_experts_min']} -> {a['distinct_experts_min']}, skip share "
+            f"{b['skip_fraction_mean']:.3f} -> {a['skip_fraction_mean']:.3f}")
 
 
 # ---- the engine ----------------------------------------------------------------------------------
@@ -238,6 +296,10 @@ def main() -> int:
     ap.add_argument("--config", default="zaya1-8b", help="a shipped configuration (tiny: smoke test)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: smoke-test the script")
     ap.add_argument("--time-budget", type=float, default=200.0, help="seconds; later baseline cases are skipped")
+    ap.add_argument("--routing", default="random", choices=("random", "balanced"),
+                    help="random: the random weights' skewed router; balanced: fit the balancing biases first, "
+                         "as a trained checkpoint has them (see the module docstring)")
+    ap.add_argument("--calib-prompts", type=int, default=64, help="calibration sequences of --routing balanced")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     global DEV
@@ -247,7 +309,7 @@ def main() -> int:
         return 0
     t_start = time.time()
     gpu = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
-    result: dict[str, Any] = {"gpu": gpu, "config": args.config, "torch": torch.__version__,
+    result: dict[str, Any] = {"gpu": gpu, "config": args.config, "routing": args.routing, "torch": torch.__version__,
                               "date": time.strftime("%Y-%m-%d"), "args": {k: str(v) for k, v in vars(args).items()},
                               "errors": [], "notes": []}
 
@@ -267,6 +329,10 @@ def main() -> int:
     note(f"HBM bandwidth (2 GiB D2D copy): {bw / 1e12:.2f} TB/s")
     model = build_model(args.config)
     config = model.config
+    if args.routing == "balanced":
+        # Decode runs at positions prompt_len .. prompt_len + steps + 4 (3 warm-up steps, one routing step).
+        result["routing_fit"] = balance_for_decode(model, args.prompt_len, args.steps + 8, args.calib_prompts)
+        note(describe_fit(result["routing_fit"]))
     result.update(kv_bytes(config))
     note(f"K/V bytes per token: CCA {result['cca_kv_bytes_per_token']:.0f}, MHA of hidden {config.hidden_size} "
          f"{result['mha_kv_bytes_per_token']:.0f} ({result['mha_over_cca']:.1f}x)")
@@ -363,6 +429,13 @@ def print_table(result: dict[str, Any]) -> None:
         return f"{a / b:8.2f}x" if a and b else "        -"
 
     print(f"\n# decode tokens/s, {result['config']} at random weights, {result['gpu']}, {result['date']}")
+    routing = result.get("routing", "random")
+    if routing == "balanced" and "routing_fit" in result:
+        a = result["routing_fit"]["summary"]["after"]
+        print(f"# routing: balanced (biases fit like a trained checkpoint's: expert max/mean load "
+              f"{a['max_over_mean_mean']:.2f} over calibration tokens; 'experts' = distinct per layer in a step)")
+    else:
+        print(f"# routing: {routing} (random weights' router: skewed, few experts per step; 'experts' = distinct per layer)")
     print(f"# HBM {result['hbm_bytes_per_s'] / 1e12:.2f} TB/s; K/V per token {result['cca_kv_bytes_per_token']:.0f} B "
           f"(MHA {result['mha_kv_bytes_per_token']:.0f} B, {result['mha_over_cca']:.1f}x)")
     print(f"{'batch':>6} {'engine':>10} {'eng_eager':>10} {'pytorch':>10} {'hf':>10} {'roofline':>10} "

@@ -9,7 +9,10 @@
 #   kernels   scripts/gpu_kernels.sh --quick (kernel tests vs float64, then timings)
 #   engine    scripts/gpu_engine.sh (engine tests and decode benchmark)
 #   decode    scripts/bench_engine.py at batches $DECODE_BATCHES (64,256), engine only (no tests,
-#             no baselines): the quick check of a kernel or engine change
+#             no baselines): the quick check of a kernel or engine change; $DECODE_ARGS adds
+#             bench_engine arguments, e.g. DECODE_ARGS="--routing balanced" (experts evenly loaded
+#             as on a trained checkpoint; the default is the random weights' skewed routing). Both
+#             in one call: STEPS="decode env:DECODE_ARGS=--routing=balanced decode"
 #   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
 #   tune      scripts/tune_decode.py: sweep the MoE regimes, conv_decode, the router and decode attention ($TUNE_ONLY
 #             narrows them, $TUNE_WITH=field[,regime:field] keeps the candidates that set a field); later steps use the winners
@@ -83,7 +86,7 @@ for step in ${STEPS:-model kernels rsa}; do
     prefill) run_step prefill python3 scripts/tune_prefill.py --out "$R/prefill" ;;
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
     decode)  run_step decode python3 scripts/bench_engine.py --out "$R/decode-$(date +%H%M%S)" --batches "${DECODE_BATCHES:-64,256}" \
-               --baseline-max-batch 0 --eager-max-batch 0 --skip-hf ;;
+               --baseline-max-batch 0 --eager-max-batch 0 --skip-hf ${DECODE_ARGS:-} ;;
     profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \
                --max-new-tokens 128 --baseline-prompts 2 --baseline-batch-size 2 ;;

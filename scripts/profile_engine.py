@@ -9,6 +9,10 @@ For one batch size, after every request is prefilled, it measures:
   kernels     a torch.profiler trace of eager decode steps: CUDA time per kernel name, per step,
               sorted, with the share of the step each takes (what to fuse or speed up next).
 Prints the tables and writes them, with the raw profiler table, under --out.
+
+--routing random (default) keeps the random weights' skewed router (a batch reads few experts);
+--routing balanced first fits the balancing biases as a trained checkpoint has them (evenly
+loaded experts; see scripts/bench_engine.py and model/routing.py). The output says which.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import build_model, cuda_time, prompts_for  # noqa: E402
+from bench_engine import balance_for_decode, build_model, cuda_time, describe_fit, prompts_for  # noqa: E402
 from model import SamplingParams  # noqa: E402
 from model.engine import Engine, EngineConfig  # noqa: E402
 from model.engine.graphs import decode_inputs  # noqa: E402
@@ -41,6 +45,9 @@ def main() -> int:
     ap.add_argument("--profile-steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path("out/profile"))
+    ap.add_argument("--routing", default="random", choices=("random", "balanced"),
+                    help="balanced: fit the balancing biases first, as a trained checkpoint has them")
+    ap.add_argument("--calib-prompts", type=int, default=64, help="calibration sequences of --routing balanced")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("profile_engine: no CUDA device")
@@ -48,6 +55,11 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     b = args.batch
     model = build_model("zaya1-8b")
+    fit = None
+    if args.routing == "balanced":
+        # Steps run at positions prompt_len .. prompt_len + steps + 3 (replays and the trace don't advance).
+        fit = balance_for_decode(model, args.prompt_len, args.steps + 8, args.calib_prompts)
+        print(describe_fit(fit), flush=True)
     max_len = args.prompt_len + 4 * args.steps + 64
     engine = Engine(model, EngineConfig(max_batch_size=b, max_num_tokens=max(8192, b), page_size=16,
                                         max_model_len=max_len, num_pages=b * (max_len // 16 + 1) + 1,
@@ -59,8 +71,10 @@ def main() -> int:
         engine.step()
     for _ in range(3):
         engine.step()
-    out: dict = {"gpu": torch.cuda.get_device_name(), "batch": b, "torch": torch.__version__,
+    out: dict = {"gpu": torch.cuda.get_device_name(), "batch": b, "routing": args.routing, "torch": torch.__version__,
                  "date": time.strftime("%Y-%m-%d %H:%M")}
+    if fit is not None:
+        out["routing_fit"] = fit
 
     # whole steps
     t, _ = cuda_time(lambda: [engine.step() for _ in range(args.steps)])
@@ -105,7 +119,7 @@ def main() -> int:
     (args.out / f"profile-b{b}.json").write_text(json.dumps(out, indent=1))
     (args.out / f"profile-b{b}.txt").write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=80))
 
-    print(f"# engine decode step, zaya1-8b random bf16, batch {b}, {out['gpu']}, {out['date']}")
+    print(f"# engine decode step, zaya1-8b random bf16, {args.routing} routing, batch {b}, {out['gpu']}, {out['date']}")
     for k in ("step_ms", "replay_ms", "sample_greedy_ms", "sample_t0.8_ms", "host_other_ms"):
         print(f"{k:20s} {out[k]:8.3f}")
     print(f"eager kernels total {total / 1e3:8.3f} ms per step, {sum(r['calls_per_step'] for r in rows):.0f} launches")

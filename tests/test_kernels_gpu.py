@@ -438,11 +438,13 @@ def test_router_l2_warm_up_programs_leave_the_result_unchanged(warm: int, tmp_pa
 
     s, prev, scale, wts, bias = _depth_average_case(_gen(43 + warm), 45, DTYPES[0])
     s_plain, s_warm = s.clone(), s.clone()
-    plain = router_top1(s_plain, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale)
-    path = tmp_path / f"warm-{warm}.json"
-    path.write_text(json.dumps({"router": {"l2_warm": warm}}))
-    monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(path))
-    warmed = router_top1(s_warm, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale)
+    results = []
+    for n, state in ((0, s_plain), (warm, s_warm)):  # both through a file: an ambient override must not leak in
+        path = tmp_path / f"warm-{n}.json"
+        path.write_text(json.dumps({"router": {"l2_warm": n}}))
+        monkeypatch.setenv("ZAYA_KERNEL_TUNING", str(path))
+        results.append(router_top1(state, **wts, balancing_biases=bias, eps=1e-5, prev=prev, prev_scale=scale))
+    plain, warmed = results
     assert torch.equal(plain[0], warmed[0]) and torch.equal(plain[1], warmed[1])
     assert torch.equal(s_plain, s_warm)
 

@@ -104,24 +104,35 @@ _HOPPER: DeviceTable = {
     # 2026-12-02 22:40 (scripts/tune_decode.py): swapped 16x64x128 w4 s4 sums 238.3 us over
     # the sweep's cases against 247.5 for the unswapped 16x64x256 w4 s3
     # H100 2026-12-05: split-K 2/4/8 of this entry sums 331/364/459 us against its 309 (split 1)
-    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, swap_ab=1),
+    # H100 2026-12-07: expert weights through TMA descriptors 299.8 us against 302.0; in the engine
+    # (with TMA in moe_medium and linear_small too) batch 1 337 -> 349 tok/s, 64 and 256 level
+    # (benchmarks/results/decode-2026-12-07-h100.md)
+    "moe_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, swap_ab=1, tma=1),
     # H200 2026-12-03 (scripts/tune_decode.py, 28 candidates): the best at T=256 routed over ~5
     # experts within 2% (61.6 us), 123.8 us over 16; the sweep-sum winner (swapped 32x64x128 s4)
     # is 68.4 us on the skewed case and cost 10% of engine decode at batch 256
     # H100 2026-12-05: split-K 2/4 sums 533/623 us against 457 (decode-kernels-2026-12-05-h100.md)
-    "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3),
+    # H100 2026-12-07: TMA descriptors for the weights 453.6 against 455.5 us (T=256 skewed 71.5 vs
+    # 72.0); engine batch 256 level (41.3K either way)
+    "moe_medium": KernelConfig(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=3, tma=1),
     # T=8192: 128x128x64 w8 s3 635 us; 128x64 w4 685; 64x128 w4 802; 128x256 w8 out of shared memory
     "moe_large": KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
     # H200 2026-12-03 (scripts/tune_decode.py, cold L2, T=1/64/256): chunk 256 w8 s3 with 32 L2
     # warm-up programs 12.8/13.2/13.2 us against chunk 128 w8 s2 without 14.1/14.3/14.4 (the
     # earlier entry; 32 tile/warp/stage candidates swept before it, none faster)
+    # H100 2026-12-07: split over the width (4 x 64 columns, 8 warps) 13.0/13.9/14.3 us kernel for
+    # kernel; in the engine no gain (batch 256 41.0K against 41.3K unsplit): it stays unsplit
     "router": KernelConfig(block_m=16, block_k=256, num_warps=8, num_stages=3, l2_warm=32),
     # H200 2026-12-05 (scripts/tune_decode.py, 14 candidates each, cold L2; q/k/v, o_proj and the
     # router's down-projection at 1/16 and 64/256 rows): sums 51.4 us (cuBLAS 50.5) and 60.4 us
     # (cuBLAS 52.2), no faster kernel for kernel. In the engine, where the Triton kernel joins
     # the chain of PDL launches (model/kernels/pdl.py) and cuBLAS does not: batch 1 346 tok/s
     # against 325 with cuBLAS, batch 256 44.9K against 46.1K. So Triton below 64 rows, cuBLAS above.
-    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=3, swap_ab=1),
+    # H100 2026-12-07: weights through TMA descriptors, 16x64x128 s4: 57.0 us against 58.2 (part of
+    # the engine's batch-1 337 -> 349 tok/s above); Triton + TMA at 64/256 rows sums 62.4 us
+    # against cuBLAS's 54.0 and costs 2.4% of engine decode at 256, so cuBLAS stays there
+    "linear_small": KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, swap_ab=1,
+                                 tma=1),
     "linear_medium": KernelConfig(block_m=64, block_n=32, block_k=128, num_warps=4, num_stages=4, split_k=8,
                                   vendor_blas=1),
 }

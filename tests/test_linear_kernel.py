@@ -50,6 +50,14 @@ def _rel(out: torch.Tensor, expect: torch.Tensor) -> float:
     return ((out.double() - expect).norm() / expect.norm().clamp_min(1e-30)).item()
 
 
+def _case(m: int, n: int, k: int, with_bias: bool, dtype: torch.dtype, g: torch.Generator):
+    """x [m, k], w [n, k] (scaled to unit outputs), bias [n] or None, and their float64 product."""
+    x = torch.randn(m, k, generator=g, device=DEVICE).to(dtype)
+    w = (torch.randn(n, k, generator=g, device=DEVICE) * k**-0.5).to(dtype)
+    b = torch.randn(n, generator=g, device=DEVICE).to(dtype) if with_bias else None
+    return x, w, b, F.linear(x.double(), w.double(), b.double() if b is not None else None)
+
+
 @needs_kernel
 @pytest.mark.gpu
 @pytest.mark.parametrize("split_k", [1, 3], ids=["whole-K", "split-K3"])
@@ -68,13 +76,10 @@ def test_linear_matches_float64_on_odd_shapes(dtype: torch.dtype, swap_ab: int, 
     monkeypatch.setattr(lin, "_linear_kernel", launches)
     g = torch.Generator(device=DEVICE).manual_seed(7 + swap_ab + 10 * split_k)
     for m, n, k, with_bias in ((1, 72, 130, True), (7, 200, 96, False), (37, 50, 161, True), (100, 33, 64, True)):
-        x = torch.randn(m, k, generator=g, device=DEVICE).to(dtype)
-        w = (torch.randn(n, k, generator=g, device=DEVICE) * k**-0.5).to(dtype)
-        b = torch.randn(n, generator=g, device=DEVICE).to(dtype) if with_bias else None
+        x, w, b, expect = _case(m, n, k, with_bias, dtype, g)
         out = lin.linear(x, w, b)
         assert out.shape == (m, n) and out.dtype == dtype
         assert not torch.isnan(out).any(), "NaN: an output element was not written"
-        expect = F.linear(x.double(), w.double(), b.double() if b is not None else None)
         err = _rel(out, expect)
         assert err < TOL[dtype], f"M={m} N={n} K={k}: relative error {err:.2e} >= {TOL[dtype]:.0e}"
         if split_k > 1:
@@ -105,9 +110,7 @@ def test_linear_weights_through_descriptors(dtype: torch.dtype, swap_ab: int, sp
     monkeypatch.setattr(lin, "matrix_descriptor", lambda t, block: made.append(block) or real(t, block))
     g = torch.Generator(device=DEVICE).manual_seed(11 + swap_ab + 10 * split_k)
     for m, n, k, with_bias in ((1, 72, 128, True), (7, 200, 96, False), (37, 50, 136, True), (100, 33, 64, True)):
-        x = torch.randn(m, k, generator=g, device=DEVICE).to(dtype)
-        w = (torch.randn(n, k, generator=g, device=DEVICE) * k**-0.5).to(dtype)
-        b = torch.randn(n, generator=g, device=DEVICE).to(dtype) if with_bias else None
+        x, w, b, expect = _case(m, n, k, with_bias, dtype, g)
         outs = []
         for tma in (0, 1):
             _tuning(tmp_path, monkeypatch, block_m=16, block_n=32, block_k=32, num_warps=4, num_stages=2,
@@ -115,7 +118,6 @@ def test_linear_weights_through_descriptors(dtype: torch.dtype, swap_ab: int, sp
             before = len(made)
             outs.append(lin.linear(x, w, b))
             assert len(made) - before == tma, "the descriptor path must be the one under test"
-        expect = F.linear(x.double(), w.double(), b.double() if b is not None else None)
         err = _rel(outs[1], expect)
         assert not torch.isnan(outs[1]).any() and err < TOL[dtype], f"M={m} N={n} K={k}: relative error {err:.2e}"
         if _INTERPRET:

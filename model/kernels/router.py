@@ -27,7 +27,9 @@ h1_c and their fc2 partial h1_c @ W2[:, c]^T; the last slice to finish adds the 
 in split order (model/kernels/splitk.py: the same bits whichever finished last) and runs the
 rest (GELU, the class logits, softmax, top-1). A program's chain is then 1/split_k as long,
 and the weights come in over split_k SMs. With the depth average, the last slice writes the
-state back, after every slice has read s.
+state back, after every slice has read s. Measured on an H100 (2026-12-07): 4 x 64 columns
+take 13.0-14.3 us alone, and in the engine decode is level or 0.7% slower (41.0K against 41.3K
+tokens/s at batch 256): what a router launch costs is not its chain. The tables keep split_k=1.
 """
 
 from __future__ import annotations

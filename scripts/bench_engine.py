@@ -133,6 +133,14 @@ def balance_for_decode(model: Zaya1ForCausalLM, prompt_len: int, decode_len: int
     return stats
 
 
+def add_routing_args(ap: argparse.ArgumentParser) -> None:
+    """--routing and --calib-prompts (this script and profile_engine.py)."""
+    ap.add_argument("--routing", default="random", choices=("random", "balanced"),
+                    help="random: the random weights' skewed router; balanced: fit the balancing biases first, "
+                         "as a trained checkpoint has them (see scripts/bench_engine.py's docstring)")
+    ap.add_argument("--calib-prompts", type=int, default=64, help="calibration sequences of --routing balanced")
+
+
 def describe_fit(stats: dict[str, Any]) -> str:
     b, a = stats["summary"]["before"], stats["summary"]["after"]
     return (f"balanced routing: fit in {stats['seconds']:.1f} s ({stats['steps']} steps, {stats['calib_prompts']} "
@@ -296,10 +304,7 @@ def main() -> int:
     ap.add_argument("--config", default="zaya1-8b", help="a shipped configuration (tiny: smoke test)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: smoke-test the script")
     ap.add_argument("--time-budget", type=float, default=200.0, help="seconds; later baseline cases are skipped")
-    ap.add_argument("--routing", default="random", choices=("random", "balanced"),
-                    help="random: the random weights' skewed router; balanced: fit the balancing biases first, "
-                         "as a trained checkpoint has them (see the module docstring)")
-    ap.add_argument("--calib-prompts", type=int, default=64, help="calibration sequences of --routing balanced")
+    add_routing_args(ap)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     global DEV

@@ -28,7 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import balance_for_decode, build_model, cuda_time, describe_fit, prompts_for  # noqa: E402
+from bench_engine import (  # noqa: E402
+    add_routing_args, balance_for_decode, build_model, cuda_time, describe_fit, prompts_for,
+)
 from model import SamplingParams  # noqa: E402
 from model.engine import Engine, EngineConfig  # noqa: E402
 from model.engine.graphs import decode_inputs  # noqa: E402
@@ -45,9 +47,7 @@ def main() -> int:
     ap.add_argument("--profile-steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path("out/profile"))
-    ap.add_argument("--routing", default="random", choices=("random", "balanced"),
-                    help="balanced: fit the balancing biases first, as a trained checkpoint has them")
-    ap.add_argument("--calib-prompts", type=int, default=64, help="calibration sequences of --routing balanced")
+    add_routing_args(ap)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("profile_engine: no CUDA device")

@@ -336,6 +336,9 @@ def main() -> int:
         "linear_small": lambda: tune_linear(args.out, "linear_small"),
         "linear_medium": lambda: tune_linear(args.out, "linear_medium"),
     }
+    unknown_with = sorted(set(ONLY_FIELDS) - set(tuners) - {""})
+    if unknown_with:
+        ap.error(f"--with: unknown regime(s) {', '.join(unknown_with)}; known: {', '.join(tuners)}")
     regimes = args.only.split(",")
     unknown = [r for r in regimes if r not in tuners]
     if unknown:

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_enter, pdl_launch
-from .tma import TensorDescriptor, tma_device
+from .tma import matrix_descriptor, tma_addressable, tma_device
 from .tuning import kernel_config, multiprocessor_count
 
 _LOG2E = 1.4426950408889634
@@ -227,17 +227,16 @@ def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
 def _tma_ready(*ts: torch.Tensor) -> bool:
     """Whether tensor descriptors can address these [T, H, D] tensors as [T, H * D] (heads
     adjacent): a device with a TMA unit (NVIDIA compute capability 9+; the interpreter
-    emulates one) and 16-byte aligned bases and token strides, as the copy engine requires.
+    emulates one) and what the copy engine requires of the strides (`tma_addressable`).
     Otherwise the pointer path runs."""
     if not tma_device(ts[0].device):
         return False
-    return all(t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
-               for t in ts)
+    return all(t.stride(1) == t.shape[2] and tma_addressable(t) for t in ts)
 
 
 def _descriptor(t: torch.Tensor, rows: int):
     """A tensor descriptor over [T, H * D] that loads blocks of `rows` tokens of one head."""
-    return TensorDescriptor(t, [t.shape[0], t.shape[1] * t.shape[2]], [t.stride(0), 1], [rows, t.shape[2]])
+    return matrix_descriptor(t.view(t.shape[0], -1), (rows, t.shape[2]))
 
 
 def cca_prefill_attention(

@@ -13,6 +13,8 @@
 #             bench_engine arguments, e.g. DECODE_ARGS="--routing balanced" (experts evenly loaded
 #             as on a trained checkpoint; the default is the random weights' skewed routing). Both
 #             in one call: STEPS="decode env:DECODE_ARGS=--routing=balanced decode"
+#   bench     scripts/bench_engine.py with its baselines (our PyTorch path, transformers) and no
+#             engine tests; $BENCH_ARGS adds arguments, e.g. BENCH_ARGS="--routing balanced"
 #   profile   scripts/profile_engine.py (where a decode step's time goes, batch $PROFILE_BATCH)
 #   tune      scripts/tune_decode.py: sweep the MoE regimes, conv_decode, the router and decode attention ($TUNE_ONLY
 #             narrows them, $TUNE_WITH=field[,regime:field] keeps the candidates that set a field); later steps use the winners
@@ -58,7 +60,7 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
   python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
 } | tee "$R/machine.txt"
 
-declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [tune]=${TUNE_LIMIT:-300} [decode]=${DECODE_LIMIT:-150} [gputests]=${GPUTESTS_LIMIT:-150} [sampler]=60 [prefill]=${PREFILL_LIMIT:-150} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
+declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [tune]=${TUNE_LIMIT:-300} [decode]=${DECODE_LIMIT:-150} [bench]=${BENCH_LIMIT:-280} [gputests]=${GPUTESTS_LIMIT:-150} [sampler]=60 [prefill]=${PREFILL_LIMIT:-150} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
 run_step() {  # name, command...   (a step named twice logs to name.log, name-2.log, ...)
   local name=$1; shift
   local log=$name n=1
@@ -87,6 +89,7 @@ for step in ${STEPS:-model kernels rsa}; do
     sampler) run_step sampler python3 scripts/bench_sampler.py ;;
     decode)  run_step decode python3 scripts/bench_engine.py --out "$R/decode-$(date +%H%M%S)" --batches "${DECODE_BATCHES:-64,256}" \
                --baseline-max-batch 0 --eager-max-batch 0 --skip-hf ${DECODE_ARGS:-} ;;
+    bench)   run_step bench python3 scripts/bench_engine.py --out "$R/bench-$(date +%H%M%S)" --time-budget "${BENCH_BUDGET:-150}" ${BENCH_ARGS:-} ;;
     profile) run_step profile python3 scripts/profile_engine.py --batch "${PROFILE_BATCH:-256}" --out "$R/profile" ;;
     rsa)     run_step rsa python3 benchmarks/bench_rsa.py --out "$R" --prompts "${RSA_PROMPTS:-16}" \
                --max-new-tokens 128 --baseline-prompts 2 --baseline-batch-size 2 ;;

@@ -34,6 +34,8 @@
 #   rsa2      benchmarks/bench_rsa.py --compare-actors 2 (two GPUs: 2 Ray actors vs 1)
 #   scaling   benchmarks/bench_tokenize.py at 1..16 Ray workers joining one Ray head (build throughput)
 #   clean     benchmarks/bench_clean.py near-dedup scaling at 1..16 workers
+#   probe     benchmarks/cpu_probe.py --pairs: the machine's own scaling on independent tasks and
+#             which CPUs are hyperthread siblings (the ceiling of the scaling and clean steps)
 # Every step's log, and what it wrote, come back in $OUT/results.tar.gz (the tool returns
 # at most 8 files); $OUT/summary.txt holds the table.
 set -uo pipefail
@@ -60,7 +62,7 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
   python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1
 } | tee "$R/machine.txt"
 
-declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [tune]=${TUNE_LIMIT:-300} [decode]=${DECODE_LIMIT:-150} [bench]=${BENCH_LIMIT:-280} [gputests]=${GPUTESTS_LIMIT:-150} [sampler]=60 [prefill]=${PREFILL_LIMIT:-150} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70})
+declare -A LIMIT=([model]=150 [kernels]=200 [engine]=${ENGINE_LIMIT:-290} [profile]=${PROFILE_LIMIT:-200} [tune]=${TUNE_LIMIT:-300} [decode]=${DECODE_LIMIT:-150} [bench]=${BENCH_LIMIT:-280} [gputests]=${GPUTESTS_LIMIT:-150} [sampler]=60 [prefill]=${PREFILL_LIMIT:-150} [rsa]=${RSA_LIMIT:-100} [rsa2]=${RSA_LIMIT:-300} [scaling]=${SCALING_LIMIT:-130} [clean]=${CLEAN_LIMIT:-70} [probe]=${PROBE_LIMIT:-150})
 run_step() {  # name, command...   (a step named twice logs to name.log, name-2.log, ...)
   local name=$1; shift
   local log=$name n=1
@@ -99,6 +101,7 @@ for step in ${STEPS:-model kernels rsa}; do
                --scaling "${SCALING_COUNTS:-1,2,4,8,16}" --raw-scaling "${RAW_COUNTS:-}" --raw-procs "${RAW_PROCS:-}" --raw-mb "${RAW_MB:-40}" \
                --only-scaling --cluster --shard-rows "${SHARD_ROWS:-512}" ${SCALING_ARGS:-} ;;
     clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" ;;
+    probe)   run_step probe python3 benchmarks/cpu_probe.py --pairs ;;
     env:*=*) export "${step#env:}"; echo "$step" >>"$R/steps.txt" ;;
     *) echo "unknown step $step" >>"$R/steps.txt" ;;
   esac

@@ -279,41 +279,58 @@ def run_zaya(shards: list[Path], work: Path, workers: int) -> dict:
 # ---------------------------------------------------------------------------------------
 # near-dedup scaling: signatures + bucket resolution only, over a process pool
 
-_SCALE_TEXTS: list[str] = []  # the corpus, inherited by forked workers (never pickled)
+_SCALE_SPEC: Any = None  # the parsed CLEAN spec, made before the pools fork (see run_scaling)
 SCALE_CHUNKS = 64  # fixed, so every pool size does exactly the same work
 SCALE_PARTITIONS = 64
 
 
-def _scale_map(args: tuple[int, str]) -> tuple[int, float, int]:
+def _write_scale_chunks(docs: list[str], folder: Path) -> None:
+    """The corpus as SCALE_CHUNKS Arrow files of input records, read by the map tasks as a
+    build's workers read their shards. Interleaved, not contiguous: the corpus is its
+    sources one after another, so contiguous chunks would differ several-fold in cost and
+    the last ones would straggle. (The tasks once sliced a list of texts inherited from
+    the forked driver: every slice touched the refcounts of its strings, so each process
+    copied the pages it read, a cost that grew with the number of processes.)"""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    n = len(docs)
+    for chunk in range(SCALE_CHUNKS):
+        texts = docs[chunk::SCALE_CHUNKS]
+        m = len(texts)
+        _write_arrow(str(folder / f"input-{chunk:03d}.arrow"), pa.table({
+            "id": [f"d{i:08d}" for i in range(chunk, n, SCALE_CHUNKS)], "source": pa.array(["bench"] * m),
+            "category": pa.array(["mixed"] * m), "text": texts, "meta": pa.nulls(m, pa.string()),
+            "file_index": pa.array([chunk] * m, pa.int32()), "row_index": pa.array(range(m), pa.int64()),
+        }))
+
+
+def _scale_map(args: tuple[int, str, str]) -> tuple[int, float, int, dict[str, float]]:
     """Chunk -> signatures -> bucket keys (locations in block `chunk`), written as ONE file
     per chunk holding one record batch per hash partition (a sort-based shuffle file: the
     reducer of partition p reads batch p of every chunk's file), and the chunk's
     signatures (key + MinHash) as one file, which the reducers and the driver memory-map
     and read at the locations they need. Returns the chunk's documents, the seconds the
-    task took inside the worker and the bytes of its bucket rows. (A file per chunk and
-    partition, 4,096 creates in one folder per run, serialized the 16-process map on the
-    folder's lock.)"""
+    task took inside the worker, the bytes of its bucket rows and the seconds of its parts
+    (reading the chunk, `signatures`' phases, then the writes and the bucket keys). (A file
+    per chunk and partition, 4,096 creates in one folder per run, serialized the 16-process
+    map on the folder's lock.)"""
     t0 = time.perf_counter()
     import numpy as np
     import pyarrow as pa
 
-    from zaya_data.clean import parse_clean, signatures
+    from zaya_data.clean import signatures
     from zaya_data.clean.dedup import SIGNATURE_ROWS, bucket_keys, partition_of
 
-    chunk, work = args
-    spec = parse_clean(CLEAN, "bench")
-    n = len(_SCALE_TEXTS)
-    # Interleaved, not contiguous: the corpus is its sources one after another, so
-    # contiguous chunks would differ several-fold in cost and the last ones would straggle.
-    texts = _SCALE_TEXTS[chunk::SCALE_CHUNKS]
-    m = len(texts)
-    table = pa.table({
-        "id": [f"d{i:08d}" for i in range(chunk, n, SCALE_CHUNKS)], "source": pa.array(["bench"] * m),
-        "category": pa.array(["mixed"] * m), "text": texts, "meta": pa.nulls(m, pa.string()),
-        "file_index": pa.array([chunk] * m, pa.int32()), "row_index": pa.array(range(m), pa.int64()),
-    })
-    sig = signatures(table, spec)
+    chunk, inputs, work = args
+    spec = _SCALE_SPEC
+    table = pa.ipc.open_file(pa.memory_map(f"{inputs}/input-{chunk:03d}.arrow")).read_all()
+    m = table.num_rows
+    parts = {"read": time.perf_counter() - t0}
+    sig = signatures(table, spec, timings=parts)
+    t1 = time.perf_counter()
     _write_arrow(f"{work}/sigs-{chunk:03d}.arrow", sig.select(SIGNATURE_ROWS))
+    t2 = time.perf_counter()
     keys = bucket_keys(sig, spec, chunk)
     part = partition_of(keys, SCALE_PARTITIONS).to_numpy()
     order = np.argsort(part, kind="stable")
@@ -323,7 +340,9 @@ def _scale_map(args: tuple[int, str]) -> tuple[int, float, int]:
         for p in range(SCALE_PARTITIONS):
             w.write_batch(ordered.slice(bounds[p], bounds[p + 1] - bounds[p]).combine_chunks().to_batches()[0]
                           if bounds[p + 1] > bounds[p] else pa.RecordBatch.from_pylist([], schema=keys.schema))
-    return m, time.perf_counter() - t0, keys.nbytes
+    t3 = time.perf_counter()
+    parts.update({"write sigs": t2 - t1, "keys+shuffle write": t3 - t2})
+    return m, t3 - t0, keys.nbytes, parts
 
 
 def _write_arrow(path: str, table: Any) -> None:
@@ -437,9 +456,18 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
 
     import zaya_data.clean.dedup  # noqa: F401  (imported before the pools fork, not inside the first timed run)
 
-    global _SCALE_TEXTS
-    _SCALE_TEXTS = corpus_docs(scale)
-    n, mb = len(_SCALE_TEXTS), sum(len(t.encode()) for t in _SCALE_TEXTS) / 1e6
+    from zaya_data.clean import parse_clean
+
+    global _SCALE_SPEC
+    # Parsed once here, inherited by the forked workers: parsing imports datatrove's filters
+    # (0.45 s), which every pool process would otherwise pay in its first task, 16 at once on
+    # 16 cores: start-up, not dedup work (a build's Ray workers import once and stay).
+    _SCALE_SPEC = parse_clean(CLEAN, "bench")
+    docs = corpus_docs(scale)
+    n, mb = len(docs), sum(len(t.encode()) for t in docs) / 1e6
+    inputs = root / "inputs"
+    _write_scale_chunks(docs, inputs)
+    del docs
     ncpu = os.cpu_count() or 1
     run = [k for k in cores if k <= ncpu]
     skipped = [k for k in cores if k > ncpu]
@@ -457,13 +485,14 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
     first_drops = None
     moved: dict[str, float] = {}  # what the verification of the last run saw
     bucket_bytes = 0
-    ctx = mp.get_context("fork")  # workers inherit the corpus instead of receiving it
+    ctx = mp.get_context("fork")  # workers inherit the parsed spec and the imported modules
+    parts_by_k: dict[int, dict[str, float]] = {}  # the map tasks' parts, summed over the chunks
     for k in run:
         work = root / f"scale-{k}"
         work.mkdir(parents=True)
         t0 = time.perf_counter()
         with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker, initargs=(ctx.Value("i", 0),)) as pool:
-            done = list(pool.map(_scale_map, [(c, str(work)) for c in range(SCALE_CHUNKS)]))
+            done = list(pool.map(_scale_map, [(c, str(inputs), str(work)) for c in range(SCALE_CHUNKS)]))
             t1 = time.perf_counter()
             reduced = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
             drops, moved = _scale_resolve(reduced, work)
@@ -473,9 +502,11 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
             c0 = time.perf_counter()
             list(pool.map(_calibration_task, range(4 * k)))
             calib = (time.perf_counter() - c0) / 4  # 4 tasks per process: seconds per round of k tasks
-        docs = sum(m for m, _, _ in done)
-        task_s = sum(t for _, t, _ in done)
-        bucket_bytes = sum(b for _, _, b in done)
+        docs = sum(m for m, _, _, _ in done)
+        task_s = sum(t for _, t, _, _ in done)
+        bucket_bytes = sum(b for _, _, b, _ in done)
+        part_s = {name: sum(p[name] for *_, p in done) for name in done[0][3]}
+        parts_by_k[k] = part_s
         calib_ref = calib if calib_ref is None else calib_ref
         task_ref = task_s if task_ref is None else task_ref
         shutil.rmtree(work, ignore_errors=True)
@@ -493,6 +524,21 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
               + ", ".join(f"{name} {v:g}" for name, v in moved.items()))
         print(f"# drop list sha256 {hashlib.sha256(_ipc_bytes(first_drops.combine_chunks())).hexdigest()} "
               "(Arrow IPC stream of the combined table: compare across versions)")
+        _print_map_parts(parts_by_k)
+
+
+def _print_map_parts(parts_by_k: dict[int, dict[str, float]]) -> None:
+    """Which part of the map slows when k tasks run at once: each part's seconds summed over
+    the chunks, and its slowdown against the first core count."""
+    first = next(iter(parts_by_k))
+    names = list(parts_by_k[first])
+    print(f"\n# map task parts, seconds summed over the chunks (slowdown against {first} core{'s' if first > 1 else ''})")
+    print("| part | " + " | ".join(f"{k} cores" for k in parts_by_k) + " |")
+    print("|---|" + "---|" * len(parts_by_k))
+    for name in names:
+        base = parts_by_k[first][name]
+        cells = [f"{p[name]:.2f} ({p[name] / base:.2f}x)" if base > 0 else f"{p[name]:.2f}" for p in parts_by_k.values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:

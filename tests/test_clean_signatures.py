@@ -264,6 +264,23 @@ def test_signatures_of_real_documents_equal_the_reference(real_texts, shingle) -
     assert got.equals(want)
 
 
+def test_signature_phase_timings_add_up_and_change_nothing(real_texts) -> None:
+    """`timings` gets each phase's seconds added (twice called: summed), and the table is the
+    one made without it; near dedup off times only what runs."""
+    table = doc_table(real_texts[:200])
+    spec = spec_for(5)
+    timings: dict[str, float] = {}
+    assert dedup.signatures(table, spec, timings=timings).equals(dedup.signatures(table, spec))
+    assert list(timings) == ["normalize", "shingles", "minhash", "bands+table"]
+    assert all(v > 0 for v in timings.values())
+    first = dict(timings)
+    dedup.signatures(table, spec, timings=timings)
+    assert all(timings[k] > first[k] for k in first)
+    exact_only: dict[str, float] = {}
+    dedup.signatures(table, parse_clean({"exact_dedup": True}, "test"), timings=exact_only)
+    assert list(exact_only) == ["normalize", "bands+table"]
+
+
 @pytest.mark.parametrize("shingle", SHINGLES)
 def test_signatures_in_batches_and_chunked_columns_equal_the_reference(real_texts, shingle) -> None:
     """A batch of any size, a column in several chunks, and a batch mixing edge cases."""

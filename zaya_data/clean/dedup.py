@@ -38,6 +38,7 @@ writes one ledger entry per record (stage `dedup`, counted per source).
 
 from __future__ import annotations
 
+import time
 from itertools import repeat
 from typing import Callable, Iterable
 
@@ -290,15 +291,37 @@ def _normalized_exact_hashes(normalized: list[str]) -> np.ndarray:
     return np.fromiter(map(xxhash.xxh3_64_intdigest, encoded), dtype=np.uint64, count=len(normalized))
 
 
-def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0) -> pa.Table:
+class _PhaseClock:
+    """Adds the seconds since the previous lap to `timings[name]`; nothing when None."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.t
+            self.t = now
+
+
+def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0,
+               timings: dict[str, float] | None = None) -> pa.Table:
     """The dedup signature of each record of a DOCUMENT or REASONING batch (SIGNATURE_SCHEMA).
     `priority`: the source's rank (lower wins a cluster). Empty `minhash`/`bands` lists
-    when near dedup is off."""
+    when near dedup is off. `timings`, if given, gets the seconds of each phase added
+    (normalize, shingles, minhash, bands+table): how a benchmark sees which part slows
+    when many processes run at once."""
+    clock = _PhaseClock(timings)
     # normalized once: the exact hash and the shingles are both of the normalized text
     normalized = list(map(dedup_normalize, record_texts(table)))
     n = len(normalized)
+    clock.lap("normalize")
     if spec.near_dedup is not None:
-        sig = _minhash(*_normalized_shingles(normalized, spec.near_dedup.shingle), spec.near_dedup)
+        shingles = _normalized_shingles(normalized, spec.near_dedup.shingle)
+        clock.lap("shingles")
+        sig = _minhash(*shingles, spec.near_dedup)
+        clock.lap("minhash")
         bands = band_hashes(sig, spec.near_dedup)
         p, b = spec.near_dedup.permutations, spec.near_dedup.bands
         mh = pa.ListArray.from_arrays(pa.array(np.arange(0, n * p + 1, p, dtype=np.int32)), pa.array(sig.ravel()))
@@ -307,7 +330,7 @@ def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0) -> pa.Table:
         empty = np.zeros(n + 1, dtype=np.int32)
         mh = pa.ListArray.from_arrays(pa.array(empty), pa.array([], pa.uint32()))
         bh = pa.ListArray.from_arrays(pa.array(empty), pa.array([], pa.uint64()))
-    return pa.table(
+    out = pa.table(
         [
             pa.array(np.full(n, priority, dtype=np.int32)),
             table.column("id").combine_chunks().cast(pa.string()),
@@ -320,6 +343,8 @@ def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0) -> pa.Table:
         ],
         schema=SIGNATURE_SCHEMA,
     )
+    clock.lap("bands+table")
+    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ removes every band collision without checking similarity, over its own normalize
 
 Near-dedup scaling (for a many-core machine; runs only the signature + resolve path):
 
-    python benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale 16
+    python benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale 16 [--corpus distinct]
 
 signatures and bucket keys (map: per chunk, one file of bucket rows with a record batch
 per hash partition, and one of signatures, memory-mapped by the readers), then the
@@ -108,16 +108,37 @@ def edit(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def corpus_docs(scale: int) -> list[str]:
+def corpus_docs(scale: int, kind: str = "repeated") -> list[str]:
+    """The benchmark corpus at `scale` times the shared texts.
+
+    repeated: the texts `scale` times over with fresh edits, plus 10% edited and 5% verbatim
+      copies per round: at scale k every document has ~k near copies (a dedup worst case:
+      ~90% of the corpus is dropped, the links and verification are as many as they get).
+    distinct: `scale` times as many documents, each of as many sentences as a shared text,
+      drawn at random from all of the texts' sentences, plus 10% edited and 5% verbatim
+      copies of them: the duplicate rate of a corpus that was not already deduplicated
+      (about 15% dropped), with the map's work per document the same as `repeated`."""
     rng = random.Random(0)
     base = base_texts()
-    docs: list[str] = []
-    for _ in range(scale):
-        docs += [edit(t, rng) if scale > 1 else t for t in base]
-        docs += [edit(t, rng) for t in rng.sample(base, len(base) // 10)]
-        docs += rng.sample(base, len(base) // 20)
+    if kind == "distinct":
+        sentences = [x for t in base for x in _SENTENCE_BREAK.split(t) if x.strip()]
+        originals = [" ".join(rng.choice(sentences) for _ in range(max(1, len(_SENTENCE_BREAK.split(t)))))
+                     for _ in range(scale) for t in base]
+        docs = originals + [edit(t, rng) for t in rng.sample(originals, len(originals) // 10)]
+        docs += rng.sample(originals, len(originals) // 20)
+    elif kind == "repeated":
+        docs = []
+        for _ in range(scale):
+            docs += [edit(t, rng) if scale > 1 else t for t in base]
+            docs += [edit(t, rng) for t in rng.sample(base, len(base) // 10)]
+            docs += rng.sample(base, len(base) // 20)
+    else:
+        raise ValueError(f"unknown corpus kind {kind!r} (repeated, distinct)")
     rng.shuffle(docs)
     return docs
+
+
+_SENTENCE_BREAK = __import__("re").compile(r"(?<=[.!?])\s+|\n+")
 
 
 def build_corpus(root: Path, workers: int, scale: int) -> tuple[list[Path], int, int]:
@@ -435,11 +456,16 @@ def _scale_resolve(reduced: list[tuple[bytes, dict[str, int]]], work: Path) -> t
     return drops, stats
 
 
-def _pin_worker(counter: Any) -> None:
+_POOL_BARRIER: Any = None  # in a pool process: the barrier of `_pool_ready`
+
+
+def _pin_worker(counter: Any, barrier: Any = None) -> None:
     """Each pool process on a core of its own, single-threaded: a k-process run uses k cores
     and no more (Arrow's thread pool would otherwise let the 1-core baseline use several)."""
     import pyarrow as pa
 
+    global _POOL_BARRIER
+    _POOL_BARRIER = barrier
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -449,7 +475,17 @@ def _pin_worker(counter: Any) -> None:
     pa.set_io_thread_count(1)
 
 
-def run_scaling(cores: list[int], scale: int, root: Path) -> None:
+def _ready(_: int) -> None:
+    _POOL_BARRIER.wait()
+
+
+def _pool_ready(pool: ProcessPoolExecutor, k: int) -> None:
+    """Returns once all k processes of `pool` have started (each one blocks at the barrier
+    until the k-th arrives, so each takes exactly one of the k tasks)."""
+    list(pool.map(_ready, range(k)))
+
+
+def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated") -> None:
     import multiprocessing as mp
 
     import pyarrow as pa
@@ -463,7 +499,7 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
     # (0.45 s), which every pool process would otherwise pay in its first task, 16 at once on
     # 16 cores: start-up, not dedup work (a build's Ray workers import once and stay).
     _SCALE_SPEC = parse_clean(CLEAN, "bench")
-    docs = corpus_docs(scale)
+    docs = corpus_docs(scale, corpus)
     n, mb = len(docs), sum(len(t.encode()) for t in docs) / 1e6
     inputs = root / "inputs"
     _write_scale_chunks(docs, inputs)
@@ -471,14 +507,14 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
     ncpu = os.cpu_count() or 1
     run = [k for k in cores if k <= ncpu]
     skipped = [k for k in cores if k > ncpu]
-    print(f"# near-dedup scaling: {n} docs, {mb:.1f} MB text, {SCALE_CHUNKS} chunks, "
+    print(f"# near-dedup scaling: {corpus} corpus, {n} docs, {mb:.1f} MB text, {SCALE_CHUNKS} chunks, "
           f"{SCALE_PARTITIONS} partitions, {ncpu} CPUs, python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.2f}")
     if skipped:
         print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
     print("| cores | wall s | signatures s | resolve s | driver s | docs/s | MB/s | speedup | efficiency "
-          "| map task s (sum) | machine efficiency | drops |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| map task s (sum) | map busy | pool start s | machine efficiency | drops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     calib_ref = None
     task_ref = None
     ref = None  # core-seconds of the first run: T1 when the list starts with 1
@@ -490,8 +526,15 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
     for k in run:
         work = root / f"scale-{k}"
         work.mkdir(parents=True)
-        t0 = time.perf_counter()
-        with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker, initargs=(ctx.Value("i", 0),)) as pool:
+        p0 = time.perf_counter()
+        with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker,
+                                 initargs=(ctx.Value("i", 0), ctx.Barrier(k))) as pool:
+            # Timed from a running pool, as a build's Ray workers are up before its stages
+            # run (the pool's start is its own column): forking k processes of a parent that
+            # holds hundreds of MB takes ~10 ms each, one after another, and would make the
+            # last ones start a task late.
+            _pool_ready(pool, k)
+            t0 = time.perf_counter()
             done = list(pool.map(_scale_map, [(c, str(inputs), str(work)) for c in range(SCALE_CHUNKS)]))
             t1 = time.perf_counter()
             reduced = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
@@ -502,6 +545,7 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
             c0 = time.perf_counter()
             list(pool.map(_calibration_task, range(4 * k)))
             calib = (time.perf_counter() - c0) / 4  # 4 tasks per process: seconds per round of k tasks
+        pool_start = t0 - p0
         docs = sum(m for m, _, _, _ in done)
         task_s = sum(t for _, t, _, _ in done)
         bucket_bytes = sum(b for _, _, b, _ in done)
@@ -516,7 +560,8 @@ def run_scaling(cores: list[int], scale: int, root: Path) -> None:
         ref = wall * k if ref is None else ref
         print(f"| {k} | {wall:.2f} | {t1 - t0:.2f} | {wall - (t1 - t0):.2f} | {driver:.2f} | {n / wall:.0f} | "
               f"{mb / wall:.2f} | {ref / wall:.2f}x | {ref / (k * wall):.0%} | "
-              f"{task_s:.1f} ({task_s / task_ref:.2f}x) | {calib_ref / calib:.0%} | "
+              f"{task_s:.1f} ({task_s / task_ref:.2f}x) | {task_s / (k * (t1 - t0)):.0%} | {pool_start:.2f} | "
+              f"{calib_ref / calib:.0%} | "
               f"{drops.num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
         sys.stdout.flush()
     if run:
@@ -549,13 +594,16 @@ def main() -> None:
     ap.add_argument("--keep-dir", type=Path, default=None, help="keep inputs and outputs here")
     ap.add_argument("--scaling", metavar="K,K,...", help="near-dedup scaling mode: comma-separated core counts "
                                                           "(start with 1: efficiency is against the first)")
+    ap.add_argument("--corpus", choices=("repeated", "distinct"), default="repeated",
+                    help="scaling mode's corpus: repeated = every document with ~scale near copies (worst "
+                         "case), distinct = distinct documents with 15%% copies (see corpus_docs)")
     args = ap.parse_args()
     if not (DATA / "qwen25-math-eval").is_dir():
         sys.exit(f"no shared data at {DATA}: set ZAYA_SHARED_DATA to a copy of it")
     root = Path(tempfile.mkdtemp(prefix="bench_clean_")) if args.keep_dir is None else args.keep_dir
     try:
         if args.scaling:
-            run_scaling([int(k) for k in args.scaling.split(",")], args.scale, root)
+            run_scaling([int(k) for k in args.scaling.split(",")], args.scale, root, args.corpus)
             return
         run_comparison(args, root)
     finally:

@@ -488,8 +488,6 @@ def _pool_ready(pool: ProcessPoolExecutor, k: int) -> None:
 def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated") -> None:
     import multiprocessing as mp
 
-    import pyarrow as pa
-
     import zaya_data.clean.dedup  # noqa: F401  (imported before the pools fork, not inside the first timed run)
 
     from zaya_data.clean import parse_clean

@@ -28,7 +28,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
+
 
 def task_alu() -> None:
     acc = 0
@@ -68,7 +69,7 @@ def task_stream() -> None:
 TASKS: dict[str, Callable[[], None]] = {"alu": task_alu, "hash": task_hash, "l2": task_l2, "stream": task_stream}
 
 
-def _worker(task: str, cpu: int, barrier: "mp.synchronize.Barrier", out: "mp.Queue[float]") -> None:
+def _worker(task: str, cpu: int, barrier: mp.synchronize.Barrier, out: mp.Queue[float]) -> None:
     os.sched_setaffinity(0, {cpu})
     fn = TASKS[task]
     if task == "stream":  # page the array in before timing: the probe measures bandwidth, not faults

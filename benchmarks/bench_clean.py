@@ -37,11 +37,14 @@ hash-partitioned reduce: each partition's buckets into exact links and near cand
 the candidates verified in the reducer (their MinHash rows read at their locations from
 the chunks' signature files, each distinct pair of the partition compared once), only
 the kept links sent back; then the driver reads the linked records' keys and runs the
-union-find. All of it in a process pool of each size over the same 64 chunks. Prints
+union-find. All of it in a process pool of each size over the same 64 chunks (Arrow
+files of input records, written first), timed once the pool's processes are up. Prints
 docs/s, speedup and parallel efficiency T1 / (k * Tk) against 1 core ("resolve s" is
-everything after the map, "driver s" the driver's part of it), and checks that every
-size gives the same drop list; then the bucket rows' bytes per document and what the
-verification saw (last run, summed over the partitions). Core counts above this
+everything after the map, "driver s" the driver's part of it, "map busy" the map tasks'
+summed time over k x the map's wall, "pool start s" the untimed start), and checks that
+every size gives the same drop list; then the bucket rows' bytes per document, what the
+verification saw (last run, summed over the partitions) and each part of the map's
+slowdown at every size. Core counts above this
 machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared data when
 ../shared/data is absent.
 """
@@ -117,7 +120,7 @@ def corpus_docs(scale: int, kind: str = "repeated") -> list[str]:
     distinct: `scale` times as many documents, each of as many sentences as a shared text,
       drawn at random from all of the texts' sentences, plus 10% edited and 5% verbatim
       copies of them: the duplicate rate of a corpus that was not already deduplicated
-      (about 15% dropped), with the map's work per document the same as `repeated`."""
+      (about 13% dropped), with the map's work per document the same as `repeated`."""
     rng = random.Random(0)
     base = base_texts()
     if kind == "distinct":

@@ -488,7 +488,38 @@ def _pool_ready(pool: ProcessPoolExecutor, k: int) -> None:
     list(pool.map(_ready, range(k)))
 
 
-def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated") -> None:
+def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path) -> dict[str, Any]:
+    """One near-dedup run on a pool of k processes: its timings, the map tasks' parts and
+    the drop list."""
+    work.mkdir(parents=True)
+    p0 = time.perf_counter()
+    with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker,
+                             initargs=(ctx.Value("i", 0), ctx.Barrier(k))) as pool:
+        # Timed from a running pool, as a build's Ray workers are up before its stages
+        # run (the pool's start is its own column): forking k processes of a parent that
+        # holds hundreds of MB takes ~10 ms each, one after another, and would make the
+        # last ones start a task late.
+        _pool_ready(pool, k)
+        t0 = time.perf_counter()
+        done = list(pool.map(_scale_map, [(c, str(inputs), str(work)) for c in range(SCALE_CHUNKS)]))
+        t1 = time.perf_counter()
+        reduced = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
+        drops, moved = _scale_resolve(reduced, work)
+        wall = time.perf_counter() - t0
+        # the machine's own scaling, measured on the same pool right after
+        c0 = time.perf_counter()
+        list(pool.map(_calibration_task, range(4 * k)))
+        calib = (time.perf_counter() - c0) / 4  # 4 tasks per process: seconds per round of k tasks
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "wall": wall, "map": t1 - t0, "driver": moved.pop("driver_s"), "moved": moved, "drops": drops,
+        "docs": sum(m for m, _, _, _ in done), "task_s": sum(t for _, t, _, _ in done),
+        "bucket_bytes": sum(b for _, _, b, _ in done), "pool_start": t0 - p0, "calib": calib,
+        "parts": {name: sum(p[name] for *_, p in done) for name in done[0][3]},
+    }
+
+
+def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated", repeat: int = 1) -> None:
     import multiprocessing as mp
 
     import zaya_data.clean.dedup  # noqa: F401  (imported before the pools fork, not inside the first timed run)
@@ -510,67 +541,60 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
     skipped = [k for k in cores if k > ncpu]
     print(f"# near-dedup scaling: {corpus} corpus, {n} docs, {mb:.1f} MB text, {SCALE_CHUNKS} chunks, "
           f"{SCALE_PARTITIONS} partitions, {ncpu} CPUs, python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"load average {os.getloadavg()[0]:.2f}" + (f", {repeat} rounds" if repeat > 1 else ""))
     if skipped:
         print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
     print("| cores | wall s | signatures s | resolve s | driver s | docs/s | MB/s | speedup | efficiency "
           "| map task s (sum) | map busy | pool start s | machine efficiency | drops |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    calib_ref = None
-    task_ref = None
-    ref = None  # core-seconds of the first run: T1 when the list starts with 1
-    first_drops = None
-    moved: dict[str, float] = {}  # what the verification of the last run saw
-    bucket_bytes = 0
+    first: dict[str, Any] | None = None  # the first run: the reference of speedup, slowdowns, drops
+    last: dict[str, Any] = {}
+    walls: dict[int, list[float]] = {k: [] for k in run}
+    parts_by_k: dict[int, dict[str, float]] = {}  # the map tasks' parts of each k's first round
     ctx = mp.get_context("fork")  # workers inherit the parsed spec and the imported modules
-    parts_by_k: dict[int, dict[str, float]] = {}  # the map tasks' parts, summed over the chunks
-    for k in run:
-        work = root / f"scale-{k}"
-        work.mkdir(parents=True)
-        p0 = time.perf_counter()
-        with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker,
-                                 initargs=(ctx.Value("i", 0), ctx.Barrier(k))) as pool:
-            # Timed from a running pool, as a build's Ray workers are up before its stages
-            # run (the pool's start is its own column): forking k processes of a parent that
-            # holds hundreds of MB takes ~10 ms each, one after another, and would make the
-            # last ones start a task late.
-            _pool_ready(pool, k)
-            t0 = time.perf_counter()
-            done = list(pool.map(_scale_map, [(c, str(inputs), str(work)) for c in range(SCALE_CHUNKS)]))
-            t1 = time.perf_counter()
-            reduced = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
-            drops, moved = _scale_resolve(reduced, work)
-            driver = moved.pop("driver_s")
-            wall = time.perf_counter() - t0
-            # the machine's own scaling, measured on the same pool right after
-            c0 = time.perf_counter()
-            list(pool.map(_calibration_task, range(4 * k)))
-            calib = (time.perf_counter() - c0) / 4  # 4 tasks per process: seconds per round of k tasks
-        pool_start = t0 - p0
-        docs = sum(m for m, _, _, _ in done)
-        task_s = sum(t for _, t, _, _ in done)
-        bucket_bytes = sum(b for _, _, b, _ in done)
-        part_s = {name: sum(p[name] for *_, p in done) for name in done[0][3]}
-        parts_by_k[k] = part_s
-        calib_ref = calib if calib_ref is None else calib_ref
-        task_ref = task_s if task_ref is None else task_ref
-        shutil.rmtree(work, ignore_errors=True)
-        assert docs == n
-        first_drops = drops if first_drops is None else first_drops
-        same = drops.equals(first_drops)
-        ref = wall * k if ref is None else ref
-        print(f"| {k} | {wall:.2f} | {t1 - t0:.2f} | {wall - (t1 - t0):.2f} | {driver:.2f} | {n / wall:.0f} | "
-              f"{mb / wall:.2f} | {ref / wall:.2f}x | {ref / (k * wall):.0%} | "
-              f"{task_s:.1f} ({task_s / task_ref:.2f}x) | {task_s / (k * (t1 - t0)):.0%} | {pool_start:.2f} | "
-              f"{calib_ref / calib:.0%} | "
-              f"{drops.num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
-        sys.stdout.flush()
+    # Rounds of every core count in turn, so a change in the machine's load reaches all of them.
+    for rnd in range(repeat):
+        for k in run:
+            r = _scaling_once(k, ctx, inputs, root / f"scale-{k}-{rnd}")
+            assert r["docs"] == n
+            first = r | {"k": k} if first is None else first
+            walls[k].append(r["wall"])
+            parts_by_k.setdefault(k, r["parts"])
+            ref = first["wall"] * first["k"]
+            wall, task_s = r["wall"], r["task_s"]
+            same = r["drops"].equals(first["drops"])
+            print(f"| {k} | {wall:.2f} | {r['map']:.2f} | {wall - r['map']:.2f} | {r['driver']:.2f} | {n / wall:.0f} | "
+                  f"{mb / wall:.2f} | {ref / wall:.2f}x | {ref / (k * wall):.0%} | "
+                  f"{task_s:.1f} ({task_s / first['task_s']:.2f}x) | {task_s / (k * r['map']):.0%} | "
+                  f"{r['pool_start']:.2f} | {first['calib'] / r['calib']:.0%} | "
+                  f"{r['drops'].num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
+            sys.stdout.flush()
+            last = r
     if run:
-        print(f"# bucket rows {bucket_bytes / n:.0f} bytes per document; verification: "
-              + ", ".join(f"{name} {v:g}" for name, v in moved.items()))
-        print(f"# drop list sha256 {hashlib.sha256(_ipc_bytes(first_drops.combine_chunks())).hexdigest()} "
+        print(f"# bucket rows {last['bucket_bytes'] / n:.0f} bytes per document; verification: "
+              + ", ".join(f"{name} {v:g}" for name, v in last["moved"].items()))
+        print(f"# drop list sha256 {hashlib.sha256(_ipc_bytes(first['drops'].combine_chunks())).hexdigest()} "
               "(Arrow IPC stream of the combined table: compare across versions)")
+        if repeat > 1:
+            _print_rounds(walls)
         _print_map_parts(parts_by_k)
+
+
+def _print_rounds(walls: dict[int, list[float]]) -> None:
+    """Per core count over the rounds: the least disturbed (best) and the median wall, and
+    the efficiency of each against the first core count's same statistic."""
+    import statistics
+
+    k0 = next(iter(walls))
+    best0, med0 = min(walls[k0]) * k0, statistics.median(walls[k0]) * k0
+    print(f"\n# over the rounds: efficiency of the best wall against the best at {k0} core(s), "
+          "and of the median against the median")
+    print("| cores | walls s | best s | efficiency (best) | median s | efficiency (median) |")
+    print("|---|---|---|---|---|---|")
+    for k, w in walls.items():
+        best, med = min(w), statistics.median(w)
+        print(f"| {k} | {', '.join(f'{x:.2f}' for x in w)} | {best:.2f} | {best0 / (k * best):.0%} | "
+              f"{med:.2f} | {med0 / (k * med):.0%} |")
 
 
 def _print_map_parts(parts_by_k: dict[int, dict[str, float]]) -> None:
@@ -591,21 +615,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2, help="worker processes on both sides (default 2)")
     ap.add_argument("--scale", type=int, default=1, help="corpus copies, each with fresh edits (default 1)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per engine, alternating; best wall counts")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="comparison: runs per engine, alternating, best wall counts (default 2); scaling: "
+                         "rounds over the core counts, best and median reported (default 1)")
     ap.add_argument("--keep-dir", type=Path, default=None, help="keep inputs and outputs here")
     ap.add_argument("--scaling", metavar="K,K,...", help="near-dedup scaling mode: comma-separated core counts "
                                                           "(start with 1: efficiency is against the first)")
     ap.add_argument("--corpus", choices=("repeated", "distinct"), default="repeated",
                     help="scaling mode's corpus: repeated = every document with ~scale near copies (worst "
-                         "case), distinct = distinct documents with 15%% copies (see corpus_docs)")
+                         "case), distinct = distinct documents with 15%% copies, ~13%% dropped (see corpus_docs)")
     args = ap.parse_args()
     if not (DATA / "qwen25-math-eval").is_dir():
         sys.exit(f"no shared data at {DATA}: set ZAYA_SHARED_DATA to a copy of it")
     root = Path(tempfile.mkdtemp(prefix="bench_clean_")) if args.keep_dir is None else args.keep_dir
     try:
         if args.scaling:
-            run_scaling([int(k) for k in args.scaling.split(",")], args.scale, root, args.corpus)
+            run_scaling([int(k) for k in args.scaling.split(",")], args.scale, root, args.corpus,
+                        args.repeat or 1)
             return
+        args.repeat = args.repeat or 2
         run_comparison(args, root)
     finally:
         if args.keep_dir is None:

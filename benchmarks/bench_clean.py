@@ -304,7 +304,7 @@ def run_zaya(shards: list[Path], work: Path, workers: int) -> dict:
 # near-dedup scaling: signatures + bucket resolution only, over a process pool
 
 _SCALE_SPEC: Any = None  # the parsed CLEAN spec, made before the pools fork (see run_scaling)
-SCALE_CHUNKS = 64  # fixed, so every pool size does exactly the same work
+SCALE_CHUNKS = 64  # the same for every pool size of a run, so each does exactly the same work (--chunks)
 SCALE_PARTITIONS = 64
 
 
@@ -418,6 +418,19 @@ def _signature_block(work: str, opened: dict[str, Any]) -> Any:
     return block
 
 
+_OPEN_SHUFFLE: dict[str, Any] = {}  # in a pool process: the shuffle files it has opened
+
+
+def _shuffle_file(path: str) -> Any:
+    """A map task's shuffle file, opened (memory-mapped, footer read) once per pool process
+    for the run's later partitions, as `_signature_block` keeps the signature files."""
+    import pyarrow as pa
+
+    if path not in _OPEN_SHUFFLE:
+        _OPEN_SHUFFLE[path] = pa.ipc.open_file(pa.memory_map(path))
+    return _OPEN_SHUFFLE[path]
+
+
 def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int]]:
     """All bucket rows of one hash partition -> its exact links and the near candidates
     that pass the threshold, verified here against the MinHash rows of the partition's
@@ -428,7 +441,7 @@ def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int]]:
     from zaya_data.clean.dedup import bucket_links
 
     p, work = args
-    tables = [pa.Table.from_batches([pa.ipc.open_file(pa.memory_map(f"{work}/keys-{c:03d}.arrow")).get_batch(p)])
+    tables = [pa.Table.from_batches([_shuffle_file(f"{work}/keys-{c:03d}.arrow").get_batch(p)])
               for c in range(SCALE_CHUNKS)]
     stats: dict[str, int] = {}
     links = bucket_links(pa.concat_tables(tables), _signature_block(work, _OPEN_BLOCKS), _THRESHOLD, stats=stats)
@@ -519,14 +532,16 @@ def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path) -> dict[str, Any]:
     }
 
 
-def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated", repeat: int = 1) -> None:
+def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated", repeat: int = 1,
+                chunks: int = 64) -> None:
     import multiprocessing as mp
 
     import zaya_data.clean.dedup  # noqa: F401  (imported before the pools fork, not inside the first timed run)
 
     from zaya_data.clean import parse_clean
 
-    global _SCALE_SPEC
+    global _SCALE_SPEC, SCALE_CHUNKS
+    SCALE_CHUNKS = chunks  # set before the pools fork: their tasks read it
     # Parsed once here, inherited by the forked workers: parsing imports datatrove's filters
     # (0.45 s), which every pool process would otherwise pay in its first task, 16 at once on
     # 16 cores: start-up, not dedup work (a build's Ray workers import once and stay).
@@ -621,6 +636,8 @@ def main() -> None:
     ap.add_argument("--keep-dir", type=Path, default=None, help="keep inputs and outputs here")
     ap.add_argument("--scaling", metavar="K,K,...", help="near-dedup scaling mode: comma-separated core counts "
                                                           "(start with 1: efficiency is against the first)")
+    ap.add_argument("--chunks", type=int, default=64,
+                    help="scaling mode's map tasks, i.e. input files (default 64): more shorten the last wave")
     ap.add_argument("--corpus", choices=("repeated", "distinct"), default="repeated",
                     help="scaling mode's corpus: repeated = every document with ~scale near copies (worst "
                          "case), distinct = distinct documents with 15%% copies, ~13%% dropped (see corpus_docs)")
@@ -631,7 +648,7 @@ def main() -> None:
     try:
         if args.scaling:
             run_scaling([int(k) for k in args.scaling.split(",")], args.scale, root, args.corpus,
-                        args.repeat or 1)
+                        args.repeat or 1, args.chunks)
             return
         args.repeat = args.repeat or 2
         run_comparison(args, root)

@@ -37,8 +37,9 @@ hash-partitioned reduce: each partition's buckets into exact links and near cand
 the candidates verified in the reducer (their MinHash rows read at their locations from
 the chunks' signature files, each distinct pair of the partition compared once), only
 the kept links sent back; then the driver reads the linked records' keys and runs the
-union-find. All of it in a process pool of each size over the same 64 chunks (Arrow
-files of input records, written first), timed once the pool's processes are up. Prints
+union-find. All of it in a process pool of each size over the same chunks (--chunks, 64:
+Arrow files of input records, written first), timed once the pool's processes are up
+(--repeat R: R interleaved rounds over the core counts, best and median). Prints
 docs/s, speedup and parallel efficiency T1 / (k * Tk) against 1 core ("resolve s" is
 everything after the map, "driver s" the driver's part of it, "map busy" the map tasks'
 summed time over k x the map's wall, "pool start s" the untimed start), and checks that

@@ -476,9 +476,12 @@ def _scale_resolve(reduced: list[tuple[bytes, dict[str, int]]], work: Path) -> t
 _POOL_BARRIER: Any = None  # in a pool process: the barrier of `_pool_ready`
 
 
-def _pin_worker(counter: Any, barrier: Any = None) -> None:
-    """Each pool process on a core of its own, single-threaded: a k-process run uses k cores
-    and no more (Arrow's thread pool would otherwise let the 1-core baseline use several)."""
+def _pin_worker(counter: Any, barrier: Any = None, size: int = 1) -> None:
+    """Each pool process single-threaded and, in a pool smaller than the machine, on a core
+    of its own: a k-process run uses k cores and no more (Arrow's thread pool would
+    otherwise let the 1-core baseline use several). A pool as large as the machine is left
+    to the scheduler: pinning it confines it no further, and only keeps a process on a CPU
+    that something else (the driver's threads, the machine's daemons) is using."""
     import pyarrow as pa
 
     global _POOL_BARRIER
@@ -487,7 +490,8 @@ def _pin_worker(counter: Any, barrier: Any = None) -> None:
         index = counter.value
         counter.value += 1
     cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    if size < len(cpus):
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
 
@@ -508,7 +512,7 @@ def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True)
     p0 = time.perf_counter()
     with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker,
-                             initargs=(ctx.Value("i", 0), ctx.Barrier(k))) as pool:
+                             initargs=(ctx.Value("i", 0), ctx.Barrier(k), k)) as pool:
         # Timed from a running pool, as a build's Ray workers are up before its stages
         # run (the pool's start is its own column): forking k processes of a parent that
         # holds hundreds of MB takes ~10 ms each, one after another, and would make the

@@ -26,6 +26,7 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
+import queue
 import statistics
 import time
 from collections.abc import Callable
@@ -66,6 +67,8 @@ def task_stream() -> None:
         x.sum()
 
 
+ROUND_TIMEOUT_S = 120  # a round's tasks take ~0.2-0.8 s each on an idle core
+
 TASKS: dict[str, Callable[[], None]] = {"alu": task_alu, "hash": task_hash, "l2": task_l2, "stream": task_stream}
 
 
@@ -90,11 +93,17 @@ def run_round(task: str, cpus: list[int]) -> list[float]:
     procs = [ctx.Process(target=_worker, args=(task, c, barrier, out)) for c in cpus]
     for p in procs:
         p.start()
-    times = [out.get() for _ in procs]
-    for p in procs:
+    try:  # a process that dies before reporting (or a barrier never met) fails the probe, not hangs it
+        times = [out.get(timeout=ROUND_TIMEOUT_S) for _ in procs]
+    except queue.Empty:
+        for p in procs:
+            p.kill()
+        raise RuntimeError(f"{task} on CPUs {cpus}: no result within {ROUND_TIMEOUT_S} s "
+                           f"(exit codes {[p.exitcode for p in procs]})") from None
+    for cpu, p in zip(cpus, procs):
         p.join()
         if p.exitcode != 0:
-            raise RuntimeError(f"probe process on CPU {cpus[procs.index(p)]} exited with {p.exitcode}")
+            raise RuntimeError(f"probe process on CPU {cpu} exited with {p.exitcode}")
     return times
 
 

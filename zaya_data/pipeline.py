@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from zaya_data.mixing import ShortfallError, phase_sources, realized_shares, sel
 from zaya_data.plan import concat_uses, expand_uses, load_source_items, pack_uses, shard_jobs
 from zaya_data.specs import MixtureSpec, PhaseSpec
 from zaya_data.tasks import PromptWorker, ShardWorker, source_to_dict, unit_to_dict
+from zaya_data.timing import Clock
 
 PACK_WINDOW = 1 << 20  # uses per best-fit window: ~99.9% efficient, bounded planning memory
 
@@ -202,7 +202,7 @@ def build_phase(
 
     from zaya_data.clean.build import CleanTokenizeWorker
 
-    clock = _Clock()
+    clock = Clock()
     jobs = group_jobs(mix, units, work)
     init = dict(tokenizer=mix.tokenizer.path, template=asdict(phase.template), context=phase.context,
                 loss=phase.loss, trim_window=phase.trim_window, strict=strict)
@@ -359,19 +359,6 @@ def _warm_driver_imports() -> threading.Thread:
     return thread
 
 
-class _Clock:
-    """Wall seconds between marks, by the name of the step that just ended."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def mark(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
-        self._t = now
-
-
 def _clean_jobs(worker: type, init: dict[str, Any], mix: MixtureSpec, phase: PhaseSpec, names: list[str],
                 specs: dict[str, Any], jobs: list[dict[str, Any]], work: Path, executor: Executor,
                 verb: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -440,7 +427,7 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     from zaya_data.mixing import record_hashes
     from zaya_data.tasks import read_part
 
-    clock = _Clock()
+    clock = Clock()
     jobs = group_jobs(mix, units, work)
     init = dict(template=asdict(phase.template), strict=strict)
     drop_counts: dict[str, int] = {}
@@ -536,19 +523,6 @@ def _build_prompts(mix, phase, cfg, chash, names, units, phase_dir, work, execut
     clock.mark("select+write")
     _write_timings(work.parent, phase.name, clock.laps)
     return PhaseResult(phase.name, "built", manifest, clock.laps)
-
-
-class _Clock:
-    """Wall seconds between marks, by the name of the step that just ended."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def mark(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
-        self._t = now
 
 
 def dry_run(mix: MixtureSpec, phases: list[str]) -> list[dict[str, Any]]:

@@ -38,7 +38,6 @@ writes one ledger entry per record (stage `dedup`, counted per source).
 
 from __future__ import annotations
 
-import time
 from itertools import repeat
 from typing import Callable, Iterable
 
@@ -50,6 +49,7 @@ import xxhash
 from zaya_data.clean.config import CleanSpec, NearDedupSpec
 from zaya_data.clean.normalize import dedup_normalize, locations, record_texts
 from zaya_data.ledger import Ledger
+from zaya_data.timing import Clock
 
 STAGE = "dedup"
 EXACT, NEAR = "exact_duplicate", "near_duplicate"
@@ -291,20 +291,6 @@ def _normalized_exact_hashes(normalized: list[str]) -> np.ndarray:
     return np.fromiter(map(xxhash.xxh3_64_intdigest, encoded), dtype=np.uint64, count=len(normalized))
 
 
-class _PhaseClock:
-    """Adds the seconds since the previous lap to `timings[name]`; nothing when None."""
-
-    def __init__(self, timings: dict[str, float] | None) -> None:
-        self.timings = timings
-        self.t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.timings is not None:
-            now = time.perf_counter()
-            self.timings[name] = self.timings.get(name, 0.0) + now - self.t
-            self.t = now
-
-
 def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0,
                timings: dict[str, float] | None = None) -> pa.Table:
     """The dedup signature of each record of a DOCUMENT or REASONING batch (SIGNATURE_SCHEMA).
@@ -312,16 +298,16 @@ def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0,
     when near dedup is off. `timings`, if given, gets the seconds of each phase added
     (normalize, shingles, minhash, bands+table): how a benchmark sees which part slows
     when many processes run at once."""
-    clock = _PhaseClock(timings)
+    clock = Clock(timings)
     # normalized once: the exact hash and the shingles are both of the normalized text
     normalized = list(map(dedup_normalize, record_texts(table)))
     n = len(normalized)
-    clock.lap("normalize")
+    clock.mark("normalize")
     if spec.near_dedup is not None:
         shingles = _normalized_shingles(normalized, spec.near_dedup.shingle)
-        clock.lap("shingles")
+        clock.mark("shingles")
         sig = _minhash(*shingles, spec.near_dedup)
-        clock.lap("minhash")
+        clock.mark("minhash")
         bands = band_hashes(sig, spec.near_dedup)
         p, b = spec.near_dedup.permutations, spec.near_dedup.bands
         mh = pa.ListArray.from_arrays(pa.array(np.arange(0, n * p + 1, p, dtype=np.int32)), pa.array(sig.ravel()))
@@ -343,7 +329,7 @@ def signatures(table: pa.Table, spec: CleanSpec, priority: int = 0,
         ],
         schema=SIGNATURE_SCHEMA,
     )
-    clock.lap("bands+table")
+    clock.mark("bands+table")
     return out
 
 

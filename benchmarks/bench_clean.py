@@ -389,13 +389,11 @@ def _ipc_bytes(table: Any) -> bytes:
 def _calibration_task(_: int) -> float:
     """A fixed, trivially parallel CPU task (hashing and a Python loop, in cache): how well
     the machine itself scales over k busy cores (clock boost, shared caches), the ceiling
-    for any CPU-bound pipeline on it."""
-    import xxhash
+    for any CPU-bound pipeline on it. The `hash` task of cpu_probe.py, shorter."""
+    from cpu_probe import task_hash  # beside this script
 
     t0 = time.perf_counter()
-    acc = 0
-    for i in range(300_000):
-        acc ^= xxhash.xxh3_64_intdigest(b"calibration %d" % i)
+    task_hash(300_000)
     return time.perf_counter() - t0
 
 

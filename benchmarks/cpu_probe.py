@@ -38,11 +38,11 @@ def task_alu() -> None:
         acc = (acc + i * 7) & 0xFFFFFFFF
 
 
-def task_hash() -> None:
+def task_hash(iterations: int = 3_000_000) -> None:
     import xxhash
 
     acc = 0
-    for i in range(3_000_000):
+    for i in range(iterations):
         acc ^= xxhash.xxh3_64_intdigest(b"calibration %d" % i)
 
 

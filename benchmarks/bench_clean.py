@@ -472,20 +472,36 @@ def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int]]:
 _THRESHOLD = CLEAN["near_dedup"].get("threshold", 0.8)
 
 
-def _scale_resolve(reduced: list[tuple[bytes, dict[str, int]]], work: Path) -> tuple[Any, dict[str, float]]:
-    """The driver's part: gather the partitions' verified links, read the linked records'
-    keys from the memory-mapped signature files, union-find (`resolve_links`, as a build
-    runs it). Returns the drop list and the verification's counts (summed over the
-    partitions) with the driver's seconds."""
+def _scale_keys(args: tuple[int, Any, str]) -> bytes:
+    """The keys of rows `rows` of signature block `c` (Arrow IPC bytes), gathered in a pool
+    process that keeps the block mapped, as a build's Ray path gathers them with one task
+    per block where the block is (`dedup_ray._keys_at_blocks`)."""
+    from zaya_data.clean.dedup import block_keys
+
+    c, rows, work = args
+    return _ipc_bytes(block_keys(_signature_block(work, _OPEN_BLOCKS)(c), rows))
+
+
+def _scale_resolve(reduced: list[tuple[bytes, dict[str, int]]], work: Path,
+                   pool: ProcessPoolExecutor) -> tuple[Any, dict[str, float]]:
+    """The driver's part: gather the partitions' verified links, have the pool read the
+    linked records' keys from the signature files (a task per block), union-find
+    (`resolve_links`, as a build runs it). Returns the drop list and the verification's
+    counts (summed over the partitions) with the driver's seconds (the key reads
+    included: the driver waits for them)."""
     import pyarrow as pa
 
-    from zaya_data.clean.dedup import keys_at, resolve_links
+    from zaya_data.clean.dedup import KEY_SCHEMA, block_rows, resolve_links
+
+    def keys_of(locations: Any) -> Any:
+        tasks = [(c, rows, str(work)) for c, rows in block_rows(locations)]
+        parts = [pa.ipc.open_stream(b).read_all() for b in pool.map(_scale_keys, tasks)]
+        return pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
 
     t0 = time.perf_counter()
     links = [pa.ipc.open_stream(b).read_all() for b, _ in reduced]
-    block = _signature_block(str(work), {})
     stats: dict[str, float] = {}
-    drops = resolve_links(links, lambda loc: keys_at(block, loc), stats)
+    drops = resolve_links(links, keys_of, stats)
     stats["driver_s"] = time.perf_counter() - t0
     for _, part in reduced:
         for name, v in part.items():
@@ -556,7 +572,7 @@ def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path) -> dict[str, Any]:
         done = list(pool.map(_scale_map, [(c, str(inputs), str(work)) for c in range(SCALE_CHUNKS)]))
         t1 = time.perf_counter()
         reduced = list(pool.map(_scale_reduce, [(p, str(work)) for p in range(SCALE_PARTITIONS)]))
-        drops, moved = _scale_resolve(reduced, work)
+        drops, moved = _scale_resolve(reduced, work, pool)
         wall = time.perf_counter() - t0
         s1 = _stolen_s()
         # the machine's own scaling, measured on the same pool right after

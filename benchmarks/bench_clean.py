@@ -316,9 +316,9 @@ def _chunk_sizes(n: int, chunks: int, layout: str) -> list[int]:
     process that takes the last one still runs a whole task while the others idle; a
     simulation of 64 tasks with +-10% noise on 16 processes puts the busy share at 94%
     equal, 96% decreasing). The same sizes for every pool size of a run."""
-    weights = [1.0] * chunks if layout == "equal" else [chunks - c + chunks / 4 for c in range(chunks)]
     if layout not in ("equal", "decreasing"):
         raise ValueError(f"unknown chunk layout {layout!r} (equal, decreasing)")
+    weights = [1.0] * chunks if layout == "equal" else [chunks - c + chunks / 4 for c in range(chunks)]
     total = sum(weights)
     bounds = [round(n * sum(weights[:c]) / total) for c in range(chunks + 1)]
     return [bounds[c + 1] - bounds[c] for c in range(chunks)]

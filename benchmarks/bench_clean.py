@@ -359,10 +359,13 @@ def _scale_map(args: tuple[int, str, str]) -> tuple[int, float, int, dict[str, f
     signatures (key + MinHash) as one file, which the reducers and the driver memory-map
     and read at the locations they need. Returns the chunk's documents, the seconds the
     task took inside the worker, the bytes of its bucket rows and the seconds of its parts
-    (reading the chunk, `signatures`' phases, then the writes and the bucket keys). (A file
+    (reading the chunk, `signatures`' phases, then the writes and the bucket keys) and its
+    CPU time: a task whose CPU time is its wall time ran on a CPU all along, so a
+    slowdown under load is in the work per cycle (caches, memory, clock), not in waiting
+    for a CPU. (A file
     per chunk and partition, 4,096 creates in one folder per run, serialized the 16-process
     map on the folder's lock.)"""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     import numpy as np
     import pyarrow as pa
 
@@ -389,6 +392,7 @@ def _scale_map(args: tuple[int, str, str]) -> tuple[int, float, int, dict[str, f
                           if bounds[p + 1] > bounds[p] else pa.RecordBatch.from_pylist([], schema=keys.schema))
     t3 = time.perf_counter()
     parts.update({"write sigs": t2 - t1, "keys+shuffle write": t3 - t2})
+    parts["task CPU time (all parts)"] = time.process_time() - cpu0  # below wall time: the task waited off-CPU
     return m, t3 - t0, keys.nbytes, parts
 
 

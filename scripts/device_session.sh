@@ -56,6 +56,11 @@ fi
 export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
 {
   date -u +"%Y-%m-%d %H:%M UTC"; git log -1 --format="commit %h %s" 2>/dev/null
+  # The device gets the working tree, and a .git that may be older than it: say so, and
+  # fingerprint the tree that ran (tracked files' contents).
+  changed=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+  [ "$changed" -gt 0 ] && echo "working tree differs from that commit in $changed tracked files"
+  echo "tree sha256 $(git ls-files -z 2>/dev/null | xargs -0 sha256sum 2>/dev/null | sha256sum | cut -c1-16)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
   echo "cpus $(nproc)"; lscpu | grep -E "Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|L2 cache|L3 cache|NUMA node\(s\)"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"

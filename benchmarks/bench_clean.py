@@ -392,7 +392,8 @@ def _scale_map(args: tuple[int, str, str]) -> tuple[int, float, int, dict[str, f
                           if bounds[p + 1] > bounds[p] else pa.RecordBatch.from_pylist([], schema=keys.schema))
     t3 = time.perf_counter()
     parts.update({"write sigs": t2 - t1, "keys+shuffle write": t3 - t2})
-    parts["task CPU time (all parts)"] = time.process_time() - cpu0  # below wall time: the task waited off-CPU
+    # CPU time below wall time: the task waited for a CPU
+    parts.update({"task wall time": t3 - t0, "task CPU time": time.process_time() - cpu0})
     return m, t3 - t0, keys.nbytes, parts
 
 
@@ -456,11 +457,13 @@ def _shuffle_file(path: str) -> Any:
     return _OPEN_SHUFFLE[path]
 
 
-def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int]]:
+def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int], dict[str, float]]:
     """All bucket rows of one hash partition -> its exact links and the near candidates
     that pass the threshold, verified here against the MinHash rows of the partition's
-    candidate records (Arrow IPC bytes, LINK_SCHEMA: locations), and the verification's
-    counts."""
+    candidate records (Arrow IPC bytes, LINK_SCHEMA: locations), the verification's
+    counts, and the seconds of the task's parts (reading its batch of every shuffle file,
+    `bucket_links` with the signature reads, writing the links) with its wall and CPU time."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
     import pyarrow as pa
 
     from zaya_data.clean.dedup import bucket_links
@@ -468,9 +471,16 @@ def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int]]:
     p, work = args
     tables = [pa.Table.from_batches([_shuffle_file(f"{work}/keys-{c:03d}.arrow").get_batch(p)])
               for c in range(SCALE_CHUNKS)]
+    rows = pa.concat_tables(tables)
+    t1 = time.perf_counter()
     stats: dict[str, int] = {}
-    links = bucket_links(pa.concat_tables(tables), _signature_block(work, _OPEN_BLOCKS), _THRESHOLD, stats=stats)
-    return _ipc_bytes(links), stats
+    links = bucket_links(rows, _signature_block(work, _OPEN_BLOCKS), _THRESHOLD, stats=stats)
+    t2 = time.perf_counter()
+    out = _ipc_bytes(links)
+    t3 = time.perf_counter()
+    parts = {"shuffle read": t1 - t0, "bucket links + verification": t2 - t1, "links write": t3 - t2,
+             "task wall time": t3 - t0, "task CPU time": time.process_time() - cpu0}
+    return out, stats, parts
 
 
 _THRESHOLD = CLEAN["near_dedup"].get("threshold", 0.8)
@@ -486,7 +496,7 @@ def _scale_keys(args: tuple[int, Any, str]) -> bytes:
     return _ipc_bytes(block_keys(_signature_block(work, _OPEN_BLOCKS)(c), rows))
 
 
-def _scale_resolve(reduced: list[tuple[bytes, dict[str, int]]], work: Path,
+def _scale_resolve(reduced: list[tuple[bytes, dict[str, int], dict[str, float]]], work: Path,
                    pool: ProcessPoolExecutor) -> tuple[Any, dict[str, float]]:
     """The driver's part: gather the partitions' verified links, have the pool read the
     linked records' keys from the signature files (a task per block), union-find
@@ -503,11 +513,11 @@ def _scale_resolve(reduced: list[tuple[bytes, dict[str, int]]], work: Path,
         return pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
 
     t0 = time.perf_counter()
-    links = [pa.ipc.open_stream(b).read_all() for b, _ in reduced]
+    links = [pa.ipc.open_stream(b).read_all() for b, _, _ in reduced]
     stats: dict[str, float] = {}
     drops = resolve_links(links, keys_of, stats)
     stats["driver_s"] = time.perf_counter() - t0
-    for _, part in reduced:
+    for _, part, _ in reduced:
         for name, v in part.items():
             stats[name] = stats.get(name, 0) + v
     return drops, stats
@@ -590,6 +600,7 @@ def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path) -> dict[str, Any]:
         "bucket_bytes": sum(b for _, _, b, _ in done), "pool_start": t0 - p0, "calib": calib,
         "steal": None if s0 is None or s1 is None else (s1 - s0) / ((os.cpu_count() or 1) * wall),
         "parts": {name: sum(p[name] for *_, p in done) for name in done[0][3]},
+        "reduce_parts": {name: sum(p[name] for *_, p in reduced) for name in reduced[0][2]},
     }
 
 
@@ -627,6 +638,7 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
     last: dict[str, Any] = {}
     walls: dict[int, list[float]] = {k: [] for k in run}
     parts_by_k: dict[int, dict[str, float]] = {}  # the map tasks' parts of each k's first round
+    reduce_parts_by_k: dict[int, dict[str, float]] = {}  # and the reduce tasks' 
     ctx = mp.get_context("fork")  # workers inherit the parsed spec and the imported modules
     # Rounds of every core count in turn, so a change in the machine's load reaches all of them.
     for rnd in range(repeat):
@@ -636,6 +648,7 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
             first = r | {"k": k} if first is None else first
             walls[k].append(r["wall"])
             parts_by_k.setdefault(k, r["parts"])
+            reduce_parts_by_k.setdefault(k, r["reduce_parts"])
             ref = first["wall"] * first["k"]
             wall, task_s = r["wall"], r["task_s"]
             same = r["drops"].equals(first["drops"])
@@ -654,7 +667,8 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
               "(Arrow IPC stream of the combined table: compare across versions)")
         if repeat > 1:
             _print_rounds(walls)
-        _print_map_parts(parts_by_k)
+        _print_parts("map", parts_by_k)
+        _print_parts("reduce", reduce_parts_by_k)
 
 
 def _print_rounds(walls: dict[int, list[float]]) -> None:
@@ -674,12 +688,12 @@ def _print_rounds(walls: dict[int, list[float]]) -> None:
               f"{med:.2f} | {med0 / (k * med):.0%} |")
 
 
-def _print_map_parts(parts_by_k: dict[int, dict[str, float]]) -> None:
-    """Which part of the map slows when k tasks run at once: each part's seconds summed over
-    the chunks, and its slowdown against the first core count."""
+def _print_parts(phase: str, parts_by_k: dict[int, dict[str, float]]) -> None:
+    """Which part of the map or reduce slows when k tasks run at once: each part's seconds
+    summed over the tasks, and its slowdown against the first core count."""
     first = next(iter(parts_by_k))
     names = list(parts_by_k[first])
-    print(f"\n# map task parts, seconds summed over the chunks (slowdown against {first} core{'s' if first > 1 else ''})")
+    print(f"\n# {phase} task parts, seconds summed over the tasks (slowdown against {first} core{'s' if first > 1 else ''})")
     print("| part | " + " | ".join(f"{k} cores" for k in parts_by_k) + " |")
     print("|---|" + "---|" * len(parts_by_k))
     for name in names:

@@ -62,5 +62,8 @@ def test_scaling_finds_the_same_duplicates_at_every_core_count_and_layout() -> N
         assert run.returncode == 0, run.stderr
         assert f"8 {layout} chunks" in run.stdout
         assert "DIFFERS" not in run.stdout
+        for phase in ("map", "reduce"):  # where each phase's time goes, on and off the CPU
+            table = run.stdout.split(f"# {phase} task parts")[1]
+            assert "| task wall time |" in table and "| task CPU time |" in table
         drops += _drops(run.stdout)
     assert len(drops) == 4 and len(set(drops)) == 1 and drops[0] > 0, drops

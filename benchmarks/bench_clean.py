@@ -36,17 +36,19 @@ per hash partition, and one of signatures, memory-mapped by the readers), then t
 hash-partitioned reduce: each partition's buckets into exact links and near candidates,
 the candidates verified in the reducer (their MinHash rows read at their locations from
 the chunks' signature files, each distinct pair of the partition compared once), only
-the kept links sent back; then the driver reads the linked records' keys and runs the
-union-find. All of it in a process pool of each size over the same chunks (--chunks, 64:
-Arrow files of input records, written first), timed once the pool's processes are up
-(--repeat R: R interleaved rounds over the core counts, best and median). Prints
-docs/s, speedup and parallel efficiency T1 / (k * Tk) against 1 core ("resolve s" is
-everything after the map, "driver s" the driver's part of it, "map busy" the map tasks'
-summed time over k x the map's wall, "pool start s" the untimed start), and checks that
-every size gives the same drop list; then the bucket rows' bytes per document, what the
-verification saw (last run, summed over the partitions) and each part of the map's
-slowdown at every size. Core counts above this
-machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared data when
+the kept links sent back; then the pool reads the linked records' keys (a task per
+signature file) and the driver runs the union-find. All of it in a process pool of each
+size over the same chunks (--chunks, 64: Arrow files of input records, written first, of
+decreasing size so the last wave is short: --chunk-layout), timed once the pool's
+processes are up (--repeat R: R interleaved rounds over the core counts, best and
+median). Prints docs/s, speedup and parallel efficiency T1 / (k * Tk) against 1 core
+("resolve s" is everything after the map, "driver s" the driver's part of it, "map busy"
+the map tasks' summed time over k x the map's wall, "pool start s" the untimed start,
+"machine efficiency" an in-cache calibration task on the same pool, "CPU time stolen" the
+hypervisor's steal over all CPUs), and checks that every size gives the same drop list;
+then the bucket rows' bytes per document, what the verification saw (last run, summed
+over the partitions) and each part of the map's and the reduce's tasks, with their wall
+and CPU time, at every size. Core counts above this machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared data when
 ../shared/data is absent.
 """
 
@@ -638,7 +640,7 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
     last: dict[str, Any] = {}
     walls: dict[int, list[float]] = {k: [] for k in run}
     parts_by_k: dict[int, dict[str, float]] = {}  # the map tasks' parts of each k's first round
-    reduce_parts_by_k: dict[int, dict[str, float]] = {}  # and the reduce tasks' 
+    reduce_parts_by_k: dict[int, dict[str, float]] = {}  # and the reduce tasks'
     ctx = mp.get_context("fork")  # workers inherit the parsed spec and the imported modules
     # Rounds of every core count in turn, so a change in the machine's load reaches all of them.
     for rnd in range(repeat):

@@ -317,7 +317,7 @@ def _chunk_sizes(n: int, chunks: int, layout: str) -> list[int]:
     tasks and the processes finish close together (guided scheduling: with equal tasks a
     process that takes the last one still runs a whole task while the others idle). On 16
     cores at scale 128 the map's busy share went from 88-92% (equal) to 97-99% (decreasing;
-    results/clean-2026-12-07.md, run 11). The same sizes for every pool size of a run.
+    results/clean-2026-12-07.md, run 11). The same sizes for every pool size of a run."""
     if layout not in ("equal", "decreasing"):
         raise ValueError(f"unknown chunk layout {layout!r} (equal, decreasing)")
     weights = [1.0] * chunks if layout == "equal" else [chunks - c + chunks / 4 for c in range(chunks)]

@@ -320,10 +320,12 @@ def _chunk_sizes(n: int, chunks: int, layout: str) -> list[int]:
     results/clean-2026-12-07.md, run 11). The same sizes for every pool size of a run."""
     if layout not in ("equal", "decreasing"):
         raise ValueError(f"unknown chunk layout {layout!r} (equal, decreasing)")
+    if not 0 < chunks <= n:
+        raise ValueError(f"{chunks} map tasks for {n} documents: give --chunks between 1 and {n}")
     weights = [1.0] * chunks if layout == "equal" else [chunks - c + chunks / 4 for c in range(chunks)]
-    total = sum(weights)
-    bounds = [round(n * sum(weights[:c]) / total) for c in range(chunks + 1)]
-    return [bounds[c + 1] - bounds[c] for c in range(chunks)]
+    total, rest = sum(weights), n - chunks  # one document each, the rest by weight: no empty task
+    bounds = [round(rest * sum(weights[:c]) / total) for c in range(chunks + 1)]
+    return [1 + bounds[c + 1] - bounds[c] for c in range(chunks)]
 
 
 def _write_scale_chunks(docs: list[str], folder: Path, layout: str = "decreasing") -> None:

@@ -19,21 +19,25 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_clean  # noqa: E402  (a script beside the tests' package, not an installed module)
 
 
-@pytest.mark.parametrize("n, chunks", [(554_649, 64), (1_000, 64), (64, 64), (10, 16)])
+@pytest.mark.parametrize("n, chunks", [(554_649, 64), (1_000, 64), (64, 64), (17, 16)])
 def test_chunk_sizes_cover_the_corpus(n: int, chunks: int) -> None:
     equal = bench_clean._chunk_sizes(n, chunks, "equal")
     falling = bench_clean._chunk_sizes(n, chunks, "decreasing")
     assert sum(equal) == sum(falling) == n
     assert len(equal) == len(falling) == chunks
+    assert min(equal) >= 1 and min(falling) >= 1  # no empty task
     assert max(equal) - min(equal) <= 1
     assert all(a >= b - 1 for a, b in zip(falling, falling[1:]))  # falling, up to rounding
     if n >= 1_000:  # the last wave is short: the last task about a fifth of the first
         assert falling[-1] < falling[0] / 4
 
 
-def test_chunk_sizes_reject_an_unknown_layout() -> None:
+def test_chunk_sizes_reject_an_unknown_layout_and_empty_tasks() -> None:
     with pytest.raises(ValueError, match="unknown chunk layout 'random'"):
         bench_clean._chunk_sizes(100, 4, "random")
+    for chunks in (0, 101):
+        with pytest.raises(ValueError, match=f"{chunks} map tasks for 100 documents"):
+            bench_clean._chunk_sizes(100, chunks, "equal")
 
 
 def test_stolen_time_is_read_where_there_is_proc_stat() -> None:

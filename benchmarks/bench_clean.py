@@ -246,11 +246,7 @@ def _map_filter(args: tuple[str, int, str]) -> tuple[dict, bytes]:
     ledger = Ledger()
     kept = QualityFilter(spec)(table, ledger)
     pq.write_table(kept, out)
-    sink = pa.BufferOutputStream()
-    sig = signatures(kept, spec)
-    with pa.ipc.new_stream(sink, sig.schema) as w:
-        w.write_table(sig)
-    return ledger.to_dict(), sink.getvalue().to_pybytes()
+    return ledger.to_dict(), _ipc_bytes(signatures(kept, spec))
 
 
 def _map_apply(args: tuple[str, bytes, str]) -> tuple[list[str], dict]:
@@ -285,11 +281,7 @@ def run_zaya(shards: list[Path], work: Path, workers: int) -> dict:
         sigs = [pa.ipc.open_stream(b).read_all() for _, b in res]
         for led, _ in res:
             ledger.merge(Ledger.from_dict(led))
-        drops = resolve_duplicates(sigs, spec)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, drops.schema) as w:
-            w.write_table(drops)
-        blob = sink.getvalue().to_pybytes()
+        blob = _ipc_bytes(resolve_duplicates(sigs, spec))
         outs = list(pool.map(_map_apply, [(f, blob, str(work / f"out_{i}.parquet")) for i, f in enumerate(filtered)]))
     t2 = time.perf_counter()
     for _, led in outs:
@@ -356,14 +348,14 @@ def _write_scale_chunks(docs: list[str], folder: Path, layout: str = "decreasing
         }))
 
 
-def _scale_map(args: tuple[int, str, str]) -> tuple[int, float, int, dict[str, float]]:
+def _scale_map(args: tuple[int, str, str]) -> tuple[int, int, dict[str, float]]:
     """Chunk -> signatures -> bucket keys (locations in block `chunk`), written as ONE file
     per chunk holding one record batch per hash partition (a sort-based shuffle file: the
     reducer of partition p reads batch p of every chunk's file), and the chunk's
     signatures (key + MinHash) as one file, which the reducers and the driver memory-map
-    and read at the locations they need. Returns the chunk's documents, the seconds the
-    task took inside the worker, the bytes of its bucket rows and the seconds of its parts
-    (reading the chunk, `signatures`' phases, then the writes and the bucket keys) and its
+    and read at the locations they need. Returns the chunk's documents, the bytes of its
+    bucket rows and the seconds of its parts (reading the chunk, `signatures`' phases, then
+    the writes and the bucket keys) with the task's wall time inside the worker and its
     CPU time: a task whose CPU time is its wall time ran on a CPU all along, so a
     slowdown under load is in the work per cycle (caches, memory, clock), not in waiting
     for a CPU. (A file
@@ -398,7 +390,7 @@ def _scale_map(args: tuple[int, str, str]) -> tuple[int, float, int, dict[str, f
     parts.update({"write sigs": t2 - t1, "keys+shuffle write": t3 - t2})
     # CPU time below wall time: the task waited for a CPU
     parts.update({"task wall time": t3 - t0, "task CPU time": time.process_time() - cpu0})
-    return m, t3 - t0, keys.nbytes, parts
+    return m, keys.nbytes, parts
 
 
 def _write_arrow(path: str, table: Any) -> None:
@@ -600,10 +592,10 @@ def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     return {
         "wall": wall, "map": t1 - t0, "driver": moved.pop("driver_s"), "moved": moved, "drops": drops,
-        "docs": sum(m for m, _, _, _ in done), "task_s": sum(t for _, t, _, _ in done),
-        "bucket_bytes": sum(b for _, _, b, _ in done), "pool_start": t0 - p0, "calib": calib,
+        "docs": sum(m for m, _, _ in done), "task_s": sum(p["task wall time"] for *_, p in done),
+        "bucket_bytes": sum(b for _, b, _ in done), "pool_start": t0 - p0, "calib": calib,
         "steal": None if s0 is None or s1 is None else (s1 - s0) / ((os.cpu_count() or 1) * wall),
-        "parts": {name: sum(p[name] for *_, p in done) for name in done[0][3]},
+        "parts": {name: sum(p[name] for *_, p in done) for name in done[0][2]},
         "reduce_parts": {name: sum(p[name] for *_, p in reduced) for name in reduced[0][2]},
     }
 

@@ -75,7 +75,10 @@ TASKS: dict[str, Callable[[], None]] = {"alu": task_alu, "hash": task_hash, "l2"
 def _worker(task: str, cpu: int, barrier: mp.synchronize.Barrier, out: mp.Queue[float]) -> None:
     os.sched_setaffinity(0, {cpu})
     fn = TASKS[task]
-    if task == "stream":  # page the array in before timing: the probe measures bandwidth, not faults
+    # Before the barrier, stream imports numpy and runs once. Its 256 MiB are unmapped when the
+    # array is freed (glibc returns allocations that large), so the timed task pages in its own
+    # array, as task_stream says. (hash and l2 import their modules inside the timed call.)
+    if task == "stream":
         import numpy as np
 
         np.ones(32 * 1024 * 1024).sum()

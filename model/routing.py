@@ -101,6 +101,17 @@ def _recording(model: Zaya1ForCausalLM, loads: torch.Tensor, mask: list[torch.Te
             handle.remove()
 
 
+@contextmanager
+def _in_eval(model: Zaya1ForCausalLM) -> Iterator[None]:
+    """The model in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def _check_model(model: Zaya1ForCausalLM) -> None:
     if not isinstance(model, Zaya1ForCausalLM):
         raise TypeError(f"model must be a Zaya1ForCausalLM, got {type(model).__name__}")
@@ -165,12 +176,8 @@ def routing_loads(model: Zaya1ForCausalLM, token_ids: torch.Tensor, *, count_mas
     """
     _check_model(model)
     _check_tokens(model, token_ids, count_mask, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
+    with _in_eval(model):
         return _count(model, token_ids, count_mask, batch_size)
-    finally:
-        model.train(was_training)
 
 
 def load_stats(loads: torch.Tensor) -> dict[str, list[float] | list[int]]:
@@ -227,9 +234,7 @@ def balance_routing_(
     biases = start.clone()
     spread, level = _SignSteps((len(routers), experts), rate), _SignSteps((len(routers), 1), rate)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with _in_eval(model):
         loads = _count(model, token_ids, count_mask, batch_size)
         before, skipped = load_stats(loads), loads[:, experts:]
         for _ in range(steps):
@@ -246,8 +251,6 @@ def balance_routing_(
             for router, row in zip(routers, biases):
                 router.balancing_biases.copy_(row)  # in place: views of the buffer (an engine's) see it
             loads = _count(model, token_ids, count_mask, batch_size)
-    finally:
-        model.train(was_training)
     return {
         "steps": steps,
         "tokens_counted": int(loads[0].sum()),

@@ -1,6 +1,6 @@
 """How far can k busy processes scale on this machine? The ceiling of every CPU-scaling target.
 
-    python benchmarks/cpu_probe.py [--counts 1,2,4,8,16] [--pairs] [--tasks alu,hash,l2,stream]
+    python benchmarks/cpu_probe.py [--counts 1,2,4,8,16] [--pairs] [--tasks alu,hash,l2,stream,faults]
 
 A parallel-efficiency target (e.g. near dedup >= 80% at 16 cores) is only meaningful if the
 machine itself reaches it on work that shares nothing. This probe runs fixed, independent
@@ -12,6 +12,8 @@ means k busy CPUs are as fast as one):
   hash    xxh3 of short byte strings in a Python loop (the calibration task of bench_clean)
   l2      numpy multiply/add/min over a 512 KiB buffer, repeated (L2-resident, like MinHash blocks)
   stream  numpy sum of a 256 MiB array (DRAM bandwidth shared by all cores)
+  faults  16 MiB of fresh anonymous memory touched a page at a time, 16 times (page faults:
+          the guest kernel's work and, under a hypervisor, the host's page-table updates)
 
 --pairs runs `alu` on CPU 0 together with each other CPU j in turn. Two vCPUs that are
 hyperthreads of one physical core slow each other down (~1.6-2x for this kind of loop);
@@ -59,6 +61,20 @@ def task_l2() -> None:
             h.min()
 
 
+def task_faults() -> None:
+    import mmap
+
+    import numpy as np
+
+    for _ in range(16):
+        m = mmap.mmap(-1, 16 << 20)
+        m.madvise(mmap.MADV_NOHUGEPAGE)  # 4 KiB faults whatever the machine's THP setting
+        a = np.frombuffer(m, dtype=np.uint8)
+        a[::4096] = 1
+        del a  # the mapping cannot close while an array views it
+        m.close()
+
+
 def task_stream() -> None:
     import numpy as np
 
@@ -69,18 +85,23 @@ def task_stream() -> None:
 
 ROUND_TIMEOUT_S = 120  # a round's tasks take ~0.2-0.8 s each on an idle core
 
-TASKS: dict[str, Callable[[], None]] = {"alu": task_alu, "hash": task_hash, "l2": task_l2, "stream": task_stream}
+TASKS: dict[str, Callable[[], None]] = {"alu": task_alu, "hash": task_hash, "l2": task_l2, "stream": task_stream,
+                                        "faults": task_faults}
 
 
 def _worker(task: str, cpu: int, barrier: mp.synchronize.Barrier, out: mp.Queue[float]) -> None:
     os.sched_setaffinity(0, {cpu})
     fn = TASKS[task]
-    # Before the barrier, stream imports numpy and runs once. Its 256 MiB are unmapped when the
-    # array is freed (glibc returns allocations that large), so the timed task pages in its own
-    # array, as task_stream says. (hash and l2 import their modules inside the timed call.)
-    if task == "stream":
-        import numpy as np
+    # The tasks' modules are imported before the barrier, not inside the timed call (until
+    # 2026-12-07 hash and l2 imported theirs there), and stream runs once: its 256 MiB are
+    # unmapped when the array is freed (glibc returns allocations that large), so the timed
+    # task pages in its own array, as task_stream says.
+    import mmap  # noqa: F401
 
+    import numpy as np
+    import xxhash  # noqa: F401
+
+    if task == "stream":
         np.ones(32 * 1024 * 1024).sum()
     barrier.wait()
     t0 = time.perf_counter()
@@ -136,7 +157,7 @@ def pairs(cpus: list[int], repeat: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--counts", default="1,2,4,8,16", help="process counts (those above the CPUs are skipped)")
-    ap.add_argument("--tasks", default="alu,hash,l2,stream", help=f"comma list of {sorted(TASKS)}")
+    ap.add_argument("--tasks", default="alu,hash,l2,stream,faults", help=f"comma list of {sorted(TASKS)}")
     ap.add_argument("--pairs", action="store_true", help="also CPU 0 against each other CPU (hyperthread siblings)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per point; the least disturbed is kept")
     args = ap.parse_args()

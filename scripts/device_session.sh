@@ -63,6 +63,8 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
   [ "$changed" -gt 0 ] && echo "working tree differs from that commit in $changed tracked files"
   echo "tree sha256 $(git ls-files -z 2>/dev/null | xargs -0 sha256sum 2>/dev/null | sha256sum | cut -c1-16)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  echo "kernel $(uname -r); transparent hugepages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
+  echo "kernel command line: $(cut -c1-300 /proc/cmdline 2>/dev/null)"
   echo "cpus $(nproc)"; lscpu | grep -E "Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|L2 cache|L3 cache|NUMA node\(s\)"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   python3 -c "import ray, pyarrow, tokenizers; print('ray', ray.__version__, 'pyarrow', pyarrow.__version__, 'tokenizers', tokenizers.__version__)" 2>&1 | tail -1

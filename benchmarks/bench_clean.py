@@ -43,7 +43,9 @@ decreasing size so the last wave is short: --chunk-layout), timed once the pool'
 processes are up (--repeat R: R interleaved rounds over the core counts, best and
 median). Prints docs/s, speedup and parallel efficiency T1 / (k * Tk) against 1 core
 ("resolve s" is everything after the map, "driver s" the driver's part of it, "map busy"
-the map tasks' summed time over k x the map's wall, "pool start s" the untimed start,
+the map tasks' summed time over k x the map's wall, "pool start s" the untimed start
+(forking k processes, each running the dedup path once over a few records: `_warm_up`;
+"efficiency with start" counts it),
 "machine efficiency" an in-cache calibration task on the same pool, "CPU time stolen" the
 hypervisor's steal over all CPUs), and checks that every size gives the same drop list;
 then the bucket rows' bytes per document, what the verification saw (last run, summed
@@ -348,6 +350,25 @@ def _write_scale_chunks(docs: list[str], folder: Path, layout: str = "decreasing
         }))
 
 
+def _usage() -> tuple[float, float, int]:
+    """This process's CPU seconds, kernel-mode seconds and minor page faults so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return time.process_time(), r.ru_stime, r.ru_minflt
+
+
+def _usage_parts(t0: float, start: tuple[float, float, int]) -> dict[str, float]:
+    """A task's wall and CPU time, the kernel's part of that CPU time and its minor page
+    faults (thousands), since `t0` and `start` (`_usage()`): CPU time below wall time means
+    the task waited for a CPU; kernel time that grows with the number of busy processes
+    while the faults stay the same means each fault costs more (under a hypervisor a fault
+    may also update the host's page tables, which the guest's processes share)."""
+    cpu, sys_s, faults = _usage()
+    return {"task wall time": time.perf_counter() - t0, "task CPU time": cpu - start[0],
+            "task kernel time": sys_s - start[1], "minor page faults (thousands)": (faults - start[2]) / 1e3}
+
+
 def _scale_map(args: tuple[int, str, str]) -> tuple[int, int, dict[str, float]]:
     """Chunk -> signatures -> bucket keys (locations in block `chunk`), written as ONE file
     per chunk holding one record batch per hash partition (a sort-based shuffle file: the
@@ -355,13 +376,13 @@ def _scale_map(args: tuple[int, str, str]) -> tuple[int, int, dict[str, float]]:
     signatures (key + MinHash) as one file, which the reducers and the driver memory-map
     and read at the locations they need. Returns the chunk's documents, the bytes of its
     bucket rows and the seconds of its parts (reading the chunk, `signatures`' phases, then
-    the writes and the bucket keys) with the task's wall time inside the worker and its
-    CPU time: a task whose CPU time is its wall time ran on a CPU all along, so a
-    slowdown under load is in the work per cycle (caches, memory, clock), not in waiting
-    for a CPU. (A file
+    the writes and the bucket keys) with the task's wall, CPU and kernel time and page
+    faults (`_usage_parts`): a task whose CPU time is its wall time ran on a CPU all along,
+    so a slowdown under load is in the work per cycle (caches, memory, clock, the kernel's
+    page faults), not in waiting for a CPU. (A file
     per chunk and partition, 4,096 creates in one folder per run, serialized the 16-process
     map on the folder's lock.)"""
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, start = time.perf_counter(), _usage()
     import numpy as np
     import pyarrow as pa
 
@@ -387,9 +408,7 @@ def _scale_map(args: tuple[int, str, str]) -> tuple[int, int, dict[str, float]]:
             w.write_batch(ordered.slice(bounds[p], bounds[p + 1] - bounds[p]).combine_chunks().to_batches()[0]
                           if bounds[p + 1] > bounds[p] else pa.RecordBatch.from_pylist([], schema=keys.schema))
     t3 = time.perf_counter()
-    parts.update({"write sigs": t2 - t1, "keys+shuffle write": t3 - t2})
-    # CPU time below wall time: the task waited for a CPU
-    parts.update({"task wall time": t3 - t0, "task CPU time": time.process_time() - cpu0})
+    parts.update({"write sigs": t2 - t1, "keys+shuffle write": t3 - t2, **_usage_parts(t0, start)})
     return m, keys.nbytes, parts
 
 
@@ -459,7 +478,7 @@ def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int], dict[st
     candidate records (Arrow IPC bytes, LINK_SCHEMA: locations), the verification's
     counts, and the seconds of the task's parts (reading its batch of every shuffle file,
     `bucket_links` with the signature reads, writing the links) with its wall and CPU time."""
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, start = time.perf_counter(), _usage()
     import pyarrow as pa
 
     from zaya_data.clean.dedup import bucket_links
@@ -475,7 +494,7 @@ def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int], dict[st
     out = _ipc_bytes(links)
     t3 = time.perf_counter()
     parts = {"shuffle read": t1 - t0, "bucket links + verification": t2 - t1, "links write": t3 - t2,
-             "task wall time": t3 - t0, "task CPU time": time.process_time() - cpu0}
+             **_usage_parts(t0, start)}
     return out, stats, parts
 
 
@@ -520,9 +539,55 @@ def _scale_resolve(reduced: list[tuple[bytes, dict[str, int], dict[str, float]]]
 
 
 _POOL_BARRIER: Any = None  # in a pool process: the barrier of `_pool_ready`
+ALLOCATORS = ("default", "retain")
 
 
-def _pin_worker(counter: Any, barrier: Any = None, size: int = 1) -> None:
+def _retain_freed_memory() -> None:
+    """Keep freed memory in the process for the next task instead of returning it to the
+    kernel: Arrow allocates through glibc's malloc (not its bundled mimalloc, which gives
+    freed pages back after 10 ms and has no runtime switch), and glibc neither serves large
+    blocks by mmap nor trims the heap's top. Returned, the arrays a map task frees are
+    faulted in again by the next one, 4 KiB at a time: at scale 128 on one core (2-CPU
+    dev VM) 269K minor faults (1.1 GB, twice the text) and 8% of the map's time in the
+    kernel; kept, 60K faults (a process's first tasks) for 16 of the 64 chunks."""
+    import ctypes
+
+    import pyarrow as pa
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    # the largest mmap threshold glibc accepts depends on its version: 32 MiB always works
+    if not (libc.mallopt(m_mmap_threshold, 256 << 20) or libc.mallopt(m_mmap_threshold, 32 << 20)):
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) refused")
+    if not libc.mallopt(m_trim_threshold, 2**31 - 1):
+        raise RuntimeError("mallopt(M_TRIM_THRESHOLD) refused")
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
+_WARM_UP: Any = None  # the first WARM_UP_DOCS records of the corpus, set before the pools fork
+WARM_UP_DOCS = 256
+
+
+def _warm_up() -> None:
+    """The dedup path once over a few records, in a new pool process before it takes a
+    task: signatures, bucket keys, partitioning, links and verification. What a fresh
+    process pays once, whatever the corpus: the first touch of the libraries' code and of
+    the pages it inherited from the driver (copy on write), and first-call set-up. Measured
+    on a 2-CPU dev VM at scale 128: 0.27 s and 15K page faults; without it a process's
+    first map task took 1.18-1.34 s against ~0.82 s for its next one of the same size, so
+    on 16 cores, 16 processes paid it inside a ~3.5 s map, and on one core one process
+    inside ~45 s. A build's long-lived Ray workers pay it once, before their first
+    stage, not per stage. Its time is in the "pool start" column."""
+    from zaya_data.clean import signatures
+    from zaya_data.clean.dedup import bucket_keys, bucket_links, partition_of
+
+    sig = signatures(_WARM_UP, _SCALE_SPEC)
+    keys = bucket_keys(sig, _SCALE_SPEC, 0)
+    partition_of(keys, SCALE_PARTITIONS)
+    bucket_links(keys, lambda _: sig, _THRESHOLD)
+
+
+def _pin_worker(counter: Any, barrier: Any = None, size: int = 1, allocator: str = "default") -> None:
     """Each pool process single-threaded and, in a pool smaller than the machine, on a core
     of its own: a k-process run uses k cores and no more (Arrow's thread pool would
     otherwise let the 1-core baseline use several). A pool as large as the machine is left
@@ -540,6 +605,9 @@ def _pin_worker(counter: Any, barrier: Any = None, size: int = 1) -> None:
         os.sched_setaffinity(0, {cpus[index % len(cpus)]})
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
+    if allocator == "retain":
+        _retain_freed_memory()
+    _warm_up()
 
 
 def _stolen_s() -> float | None:
@@ -565,13 +633,13 @@ def _pool_ready(pool: ProcessPoolExecutor, k: int) -> None:
     list(pool.map(_ready, range(k)))
 
 
-def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path) -> dict[str, Any]:
+def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path, allocator: str = "default") -> dict[str, Any]:
     """One near-dedup run on a pool of k processes: its timings, the map tasks' parts and
     the drop list."""
     work.mkdir(parents=True)
     p0 = time.perf_counter()
     with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker,
-                             initargs=(ctx.Value("i", 0), ctx.Barrier(k), k)) as pool:
+                             initargs=(ctx.Value("i", 0), ctx.Barrier(k), k, allocator)) as pool:
         # Timed from a running pool, as a build's Ray workers are up before its stages
         # run (the pool's start is its own column): forking k processes of a parent that
         # holds hundreds of MB takes ~10 ms each, one after another, and would make the
@@ -601,14 +669,16 @@ def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path) -> dict[str, Any]:
 
 
 def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated", repeat: int = 1,
-                chunks: int = 64, layout: str = "decreasing") -> None:
+                chunks: int = 64, layout: str = "decreasing", allocator: str = "default") -> None:
     import multiprocessing as mp
+
+    import pyarrow as pa
 
     import zaya_data.clean.dedup  # noqa: F401  (imported before the pools fork, not inside the first timed run)
 
     from zaya_data.clean import parse_clean
 
-    global _SCALE_SPEC, SCALE_CHUNKS
+    global _SCALE_SPEC, SCALE_CHUNKS, _WARM_UP
     SCALE_CHUNKS = chunks  # set before the pools fork: their tasks read it
     # Parsed once here, inherited by the forked workers: parsing imports datatrove's filters
     # (0.45 s), which every pool process would otherwise pay in its first task, 16 at once on
@@ -618,18 +688,20 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
     n, mb = len(docs), sum(len(t.encode()) for t in docs) / 1e6
     inputs = root / "inputs"
     _write_scale_chunks(docs, inputs, layout)
+    _WARM_UP = pa.ipc.open_file(pa.memory_map(str(inputs / "input-000.arrow"))).read_all().slice(0, WARM_UP_DOCS)
     del docs
     ncpu = os.cpu_count() or 1
     run = [k for k in cores if k <= ncpu]
     skipped = [k for k in cores if k > ncpu]
     print(f"# near-dedup scaling: {corpus} corpus, {n} docs, {mb:.1f} MB text, {SCALE_CHUNKS} {layout} chunks, "
-          f"{SCALE_PARTITIONS} partitions, {ncpu} CPUs, python {platform.python_version()}, "
+          f"{SCALE_PARTITIONS} partitions, {allocator} allocator, {ncpu} CPUs, python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.2f}" + (f", {repeat} rounds" if repeat > 1 else ""))
     if skipped:
         print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
     print("| cores | wall s | signatures s | resolve s | driver s | docs/s | MB/s | speedup | efficiency "
-          "| map task s (sum) | map busy | pool start s | machine efficiency | CPU time stolen | drops |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| map task s (sum) | map busy | pool start s | efficiency with start | machine efficiency "
+          "| CPU time stolen | drops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     first: dict[str, Any] | None = None  # the first run: the reference of speedup, slowdowns, drops
     last: dict[str, Any] = {}
     walls: dict[int, list[float]] = {k: [] for k in run}
@@ -639,19 +711,21 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
     # Rounds of every core count in turn, so a change in the machine's load reaches all of them.
     for rnd in range(repeat):
         for k in run:
-            r = _scaling_once(k, ctx, inputs, root / f"scale-{k}-{rnd}")
+            r = _scaling_once(k, ctx, inputs, root / f"scale-{k}-{rnd}", allocator)
             assert r["docs"] == n
             first = r | {"k": k} if first is None else first
             walls[k].append(r["wall"])
             parts_by_k.setdefault(k, r["parts"])
             reduce_parts_by_k.setdefault(k, r["reduce_parts"])
             ref = first["wall"] * first["k"]
+            ref_started = (first["wall"] + first["pool_start"]) * first["k"]
             wall, task_s = r["wall"], r["task_s"]
             same = r["drops"].equals(first["drops"])
             print(f"| {k} | {wall:.2f} | {r['map']:.2f} | {wall - r['map']:.2f} | {r['driver']:.2f} | {n / wall:.0f} | "
                   f"{mb / wall:.2f} | {ref / wall:.2f}x | {ref / (k * wall):.0%} | "
                   f"{task_s:.1f} ({task_s / first['task_s']:.2f}x) | {task_s / (k * r['map']):.0%} | "
-                  f"{r['pool_start']:.2f} | {first['calib'] / r['calib']:.0%} | "
+                  f"{r['pool_start']:.2f} | {ref_started / (k * (wall + r['pool_start'])):.0%} | "
+                  f"{first['calib'] / r['calib']:.0%} | "
                   f"{'n/a' if r['steal'] is None else format(r['steal'], '.1%')} | "
                   f"{r['drops'].num_rows}{'' if same else ' (DIFFERS from the first run!)'} |")
             sys.stdout.flush()
@@ -716,6 +790,9 @@ def main() -> None:
     ap.add_argument("--corpus", choices=("repeated", "distinct"), default="repeated",
                     help="scaling mode's corpus: repeated = every document with ~scale near copies (worst "
                          "case), distinct = distinct documents with 15%% copies, ~13%% dropped (see corpus_docs)")
+    ap.add_argument("--allocator", choices=ALLOCATORS, default="default",
+                    help="scaling mode's pool processes: default (Arrow's mimalloc, glibc's defaults) or retain "
+                         "(freed memory kept for the next task: _retain_freed_memory)")
     args = ap.parse_args()
     if not (DATA / "qwen25-math-eval").is_dir():
         sys.exit(f"no shared data at {DATA}: set ZAYA_SHARED_DATA to a copy of it")
@@ -723,7 +800,7 @@ def main() -> None:
     try:
         if args.scaling:
             run_scaling([int(k) for k in args.scaling.split(",")], args.scale, root, args.corpus,
-                        args.repeat or 1, args.chunks, args.chunk_layout)
+                        args.repeat or 1, args.chunks, args.chunk_layout, args.allocator)
             return
         args.repeat = args.repeat or 2
         run_comparison(args, root)

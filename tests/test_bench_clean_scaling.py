@@ -54,21 +54,22 @@ def _drops(out: str) -> list[int]:
     return [int(line.rstrip(" |").split("|")[-1].split()[0]) for line in rows]
 
 
-def test_scaling_finds_the_same_duplicates_at_every_core_count_and_layout() -> None:
+def test_scaling_finds_the_same_duplicates_at_every_core_count_layout_and_allocator() -> None:
     if not DATA.exists():
         pytest.skip(f"shared data not found at {DATA} (set ZAYA_SHARED_DATA)")
     drops = []
-    for layout in ("decreasing", "equal"):
+    for layout, allocator in (("decreasing", "default"), ("equal", "retain")):
         run = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "bench_clean.py"), "--scaling", "1,2", "--scale", "1",
-             "--corpus", "distinct", "--chunks", "8", "--chunk-layout", layout],
+             "--corpus", "distinct", "--chunks", "8", "--chunk-layout", layout, "--allocator", allocator],
             capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert run.returncode == 0, run.stderr
-        assert f"8 {layout} chunks" in run.stdout
+        assert f"8 {layout} chunks" in run.stdout and f"{allocator} allocator" in run.stdout
         assert "DIFFERS" not in run.stdout
-        for phase in ("map", "reduce"):  # where each phase's time goes, on and off the CPU
+        for phase in ("map", "reduce"):  # where each phase's time goes, on and off the CPU, and its faults
             table = run.stdout.split(f"# {phase} task parts")[1]
-            assert "| task wall time |" in table and "| task CPU time |" in table
+            for row in ("task wall time", "task CPU time", "task kernel time", "minor page faults (thousands)"):
+                assert f"| {row} |" in table, (phase, row)
         drops += _drops(run.stdout)
     assert len(drops) == 4 and len(set(drops)) == 1 and drops[0] > 0, drops

@@ -34,7 +34,8 @@
 #   rsa2      benchmarks/bench_rsa.py --compare-actors 2 (two GPUs: 2 Ray actors vs 1)
 #   scaling   benchmarks/bench_tokenize.py at 1..16 Ray workers joining one Ray head (build throughput)
 #   clean     benchmarks/bench_clean.py near-dedup scaling at 1..16 workers ($CLEAN_SCALE, $CLEAN_ARGS,
-#             e.g. CLEAN_ARGS="--corpus distinct")
+#             e.g. CLEAN_ARGS="--corpus distinct"; $CLEAN_ALLOCATOR, so that an A/B fits in one call:
+#             STEPS="clean env:CLEAN_ALLOCATOR=retain clean")
 #   probe     benchmarks/cpu_probe.py $PROBE_ARGS (default --pairs): the machine's own scaling on
 #             independent tasks (PROBE_ARGS="--counts 1,16 --tasks hash,l2,stream" for a quick look) and
 #             (--pairs) which CPUs are hyperthread siblings: the ceiling of the scaling and clean steps
@@ -109,7 +110,8 @@ for step in ${STEPS:-model kernels rsa}; do
     scaling) run_step scaling python3 benchmarks/bench_tokenize.py --mb "${MB:-32}" --workers 16 \
                --scaling "${SCALING_COUNTS:-1,2,4,8,16}" --raw-scaling "${RAW_COUNTS:-}" --raw-procs "${RAW_PROCS:-}" --raw-mb "${RAW_MB:-40}" \
                --only-scaling --cluster --shard-rows "${SHARD_ROWS:-512}" ${SCALING_ARGS:-} ;;
-    clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" ${CLEAN_ARGS:-} ;;
+    clean)   run_step clean python3 benchmarks/bench_clean.py --scaling 1,2,4,8,16 --scale "${CLEAN_SCALE:-8}" \
+               --allocator "${CLEAN_ALLOCATOR:-default}" ${CLEAN_ARGS:-} ;;
     probe)   run_step probe python3 benchmarks/cpu_probe.py ${PROBE_ARGS:---pairs} ;;
     env:*=*) export "${step#env:}"; echo "$step" >>"$R/steps.txt" ;;
     *) echo "unknown step $step" >>"$R/steps.txt" ;;

@@ -83,6 +83,21 @@ def test_near_dup_recall_and_precision_on_edited_real_solutions(corpus) -> None:
     assert picked == found
 
 
+def test_signatures_in_batches_are_the_signatures_of_the_whole(corpus, monkeypatch) -> None:
+    import zaya_data.clean.dedup as dedup
+
+    whole = pa.concat_tables(corpus)
+    at_once = signatures(whole, SPEC, priority=2)  # fewer records than SIGNATURE_BATCH: one batch
+    assert whole.num_rows <= dedup.SIGNATURE_BATCH
+    monkeypatch.setattr(dedup, "SIGNATURE_BATCH", 37)  # not a divisor of the rows: a short last batch
+    assert whole.num_rows % 37
+    timings: dict[str, float] = {}
+    batched = signatures(whole, SPEC, priority=2, timings=timings)
+    assert batched.equals(at_once)
+    assert all(c.num_chunks == 1 for c in batched.columns)  # one chunk, as readers of the blocks expect
+    assert set(timings) == {"normalize", "shingles", "minhash", "bands+table"}
+
+
 def test_survivors_do_not_depend_on_batches_order_or_partitions(corpus) -> None:
     orig, copies, exact = corpus
     whole = pa.concat_tables([orig, copies, exact])

@@ -39,7 +39,8 @@ the chunks' signature files, each distinct pair of the partition compared once),
 the kept links sent back; then the pool reads the linked records' keys (a task per
 signature file) and the driver runs the union-find. All of it in a process pool of each
 size over the same chunks (--chunks, 64: Arrow files of input records, written first, of
-decreasing size so the last wave is short: --chunk-layout), timed once the pool's
+decreasing size so the last wave is short: --chunk-layout; processes forked from a server
+that has imported the modules, not from the driver: --start), timed once the pool's
 processes are up (--repeat R: R interleaved rounds over the core counts, best and
 median). Prints docs/s, speedup and parallel efficiency T1 / (k * Tk) against 1 core
 ("resolve s" is everything after the map, "driver s" the driver's part of it, "map busy"
@@ -572,7 +573,7 @@ def _warm_up() -> None:
     """The dedup path once over a few records, in a new pool process before it takes a
     task: signatures, bucket keys, partitioning, links and verification. What a fresh
     process pays once, whatever the corpus: the first touch of the libraries' code and of
-    the pages it inherited from the driver (copy on write), and first-call set-up. Measured
+    the pages it inherited (copy on write), and first-call set-up. Measured
     on a 2-CPU dev VM at scale 128: 0.27 s and 15K page faults; without it a process's
     first map task took 1.18-1.34 s against ~0.82 s for its next one of the same size, so
     on 16 cores, 16 processes paid it inside a ~3.5 s map, and on one core one process
@@ -587,16 +588,24 @@ def _warm_up() -> None:
     bucket_links(keys, lambda _: sig, _THRESHOLD)
 
 
-def _pin_worker(counter: Any, barrier: Any = None, size: int = 1, allocator: str = "default") -> None:
+def _pin_worker(counter: Any, barrier: Any = None, size: int = 1, allocator: str = "default",
+                state: tuple[int, bytes] | None = None) -> None:
     """Each pool process single-threaded and, in a pool smaller than the machine, on a core
     of its own: a k-process run uses k cores and no more (Arrow's thread pool would
     otherwise let the 1-core baseline use several). A pool as large as the machine is left
     to the scheduler: pinning it confines it no further, and only keeps a process on a CPU
-    that something else (the driver's threads, the machine's daemons) is using."""
+    that something else (the driver's threads, the machine's daemons) is using. `state`:
+    the run's chunk count and warm-up records (Arrow IPC), which a process that was not
+    forked from the driver does not inherit."""
     import pyarrow as pa
 
-    global _POOL_BARRIER
+    global _POOL_BARRIER, SCALE_CHUNKS, _SCALE_SPEC, _WARM_UP
     _POOL_BARRIER = barrier
+    if state is not None:
+        from zaya_data.clean import parse_clean
+
+        SCALE_CHUNKS, _WARM_UP = state[0], pa.ipc.open_stream(state[1]).read_all()
+        _SCALE_SPEC = _SCALE_SPEC or parse_clean(CLEAN, "bench")
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -633,13 +642,14 @@ def _pool_ready(pool: ProcessPoolExecutor, k: int) -> None:
     list(pool.map(_ready, range(k)))
 
 
-def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path, allocator: str = "default") -> dict[str, Any]:
+def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path, allocator: str = "default",
+                  state: tuple[int, bytes] | None = None) -> dict[str, Any]:
     """One near-dedup run on a pool of k processes: its timings, the map tasks' parts and
     the drop list."""
     work.mkdir(parents=True)
     p0 = time.perf_counter()
     with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker,
-                             initargs=(ctx.Value("i", 0), ctx.Barrier(k), k, allocator)) as pool:
+                             initargs=(ctx.Value("i", 0), ctx.Barrier(k), k, allocator, state)) as pool:
         # Timed from a running pool, as a build's Ray workers are up before its stages
         # run (the pool's start is its own column): forking k processes of a parent that
         # holds hundreds of MB takes ~10 ms each, one after another, and would make the
@@ -668,10 +678,32 @@ def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path, allocator: str = "
     }
 
 
-def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated", repeat: int = 1,
-                chunks: int = 64, layout: str = "decreasing", allocator: str = "default") -> None:
+START_METHODS = ("forkserver", "fork")
+
+
+def _pool_context(start: str) -> Any:
+    """The pools' multiprocessing context. `forkserver` (the default): the pool processes
+    fork from a small server process that has imported the dedup modules, not from the
+    driver, which by then holds the corpus it built and hundreds of MB it freed. A
+    process forked from the driver shares all of that copy-on-write: each page of
+    inherited heap the process writes (its allocations land in the driver's freed space)
+    is copied at a fault, and while the pool lives so is each page the driver writes (its
+    resolution ran 0.2-0.3 s instead of ~0.1 s, page faults included). A build's Ray
+    workers are processes of their own, as these are. `fork`: the runs before 2026-12-07
+    06:00."""
     import multiprocessing as mp
 
+    if start not in START_METHODS:
+        raise ValueError(f"unknown start method {start!r} ({', '.join(START_METHODS)})")
+    ctx = mp.get_context(start)
+    if start == "forkserver":
+        ctx.set_forkserver_preload(["numpy", "pyarrow", "xxhash", "zaya_data.clean", "zaya_data.clean.dedup"])
+    return ctx
+
+
+def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeated", repeat: int = 1,
+                chunks: int = 64, layout: str = "decreasing", allocator: str = "default",
+                start: str = "forkserver") -> None:
     import pyarrow as pa
 
     import zaya_data.clean.dedup  # noqa: F401  (imported before the pools fork, not inside the first timed run)
@@ -679,22 +711,26 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
     from zaya_data.clean import parse_clean
 
     global _SCALE_SPEC, SCALE_CHUNKS, _WARM_UP
-    SCALE_CHUNKS = chunks  # set before the pools fork: their tasks read it
-    # Parsed once here, inherited by the forked workers: parsing imports datatrove's filters
-    # (0.45 s), which every pool process would otherwise pay in its first task, 16 at once on
-    # 16 cores: start-up, not dedup work (a build's Ray workers import once and stay).
+    SCALE_CHUNKS = chunks  # set before the pools start: their tasks read it
+    # Parsed here, inherited by forked workers, parsed again by each forkserver worker as it
+    # starts (`_pin_worker`): parsing imports datatrove's filters (0.45 s), which every pool
+    # process would otherwise pay in its first task, 16 at once on 16 cores: start-up, not
+    # dedup work (a build's Ray workers import once and stay).
     _SCALE_SPEC = parse_clean(CLEAN, "bench")
+    ctx = _pool_context(start)
     docs = corpus_docs(scale, corpus)
     n, mb = len(docs), sum(len(t.encode()) for t in docs) / 1e6
     inputs = root / "inputs"
     _write_scale_chunks(docs, inputs, layout)
     _WARM_UP = pa.ipc.open_file(pa.memory_map(str(inputs / "input-000.arrow"))).read_all().slice(0, WARM_UP_DOCS)
+    state = (SCALE_CHUNKS, _ipc_bytes(_WARM_UP))  # what a worker not forked from here needs
     del docs
     ncpu = os.cpu_count() or 1
     run = [k for k in cores if k <= ncpu]
     skipped = [k for k in cores if k > ncpu]
     print(f"# near-dedup scaling: {corpus} corpus, {n} docs, {mb:.1f} MB text, {SCALE_CHUNKS} {layout} chunks, "
-          f"{SCALE_PARTITIONS} partitions, {allocator} allocator, {ncpu} CPUs, python {platform.python_version()}, "
+          f"{SCALE_PARTITIONS} partitions, {allocator} allocator, {start} pools, {ncpu} CPUs, "
+          f"python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.2f}" + (f", {repeat} rounds" if repeat > 1 else ""))
     if skipped:
         print(f"# skipped core counts {skipped}: this machine has {ncpu} CPUs")
@@ -707,11 +743,10 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
     walls: dict[int, list[float]] = {k: [] for k in run}
     parts_by_k: dict[int, dict[str, float]] = {}  # the map tasks' parts of each k's first round
     reduce_parts_by_k: dict[int, dict[str, float]] = {}  # and the reduce tasks'
-    ctx = mp.get_context("fork")  # workers inherit the parsed spec and the imported modules
     # Rounds of every core count in turn, so a change in the machine's load reaches all of them.
     for rnd in range(repeat):
         for k in run:
-            r = _scaling_once(k, ctx, inputs, root / f"scale-{k}-{rnd}", allocator)
+            r = _scaling_once(k, ctx, inputs, root / f"scale-{k}-{rnd}", allocator, state)
             assert r["docs"] == n
             first = r | {"k": k} if first is None else first
             walls[k].append(r["wall"])
@@ -790,6 +825,9 @@ def main() -> None:
     ap.add_argument("--corpus", choices=("repeated", "distinct"), default="repeated",
                     help="scaling mode's corpus: repeated = every document with ~scale near copies (worst "
                          "case), distinct = distinct documents with 15%% copies, ~13%% dropped (see corpus_docs)")
+    ap.add_argument("--start", choices=START_METHODS, default="forkserver",
+                    help="scaling mode's pool processes fork from: forkserver (default; a server with the "
+                         "modules imported) or fork (the driver itself: the runs before 2026-12-07 06:00)")
     ap.add_argument("--allocator", choices=ALLOCATORS, default="default",
                     help="scaling mode's pool processes: default (Arrow's mimalloc, glibc's defaults) or retain "
                          "(freed memory kept for the next task: _retain_freed_memory)")
@@ -800,7 +838,7 @@ def main() -> None:
     try:
         if args.scaling:
             run_scaling([int(k) for k in args.scaling.split(",")], args.scale, root, args.corpus,
-                        args.repeat or 1, args.chunks, args.chunk_layout, args.allocator)
+                        args.repeat or 1, args.chunks, args.chunk_layout, args.allocator, args.start)
             return
         args.repeat = args.repeat or 2
         run_comparison(args, root)

@@ -54,18 +54,19 @@ def _drops(out: str) -> list[int]:
     return [int(line.rstrip(" |").split("|")[-1].split()[0]) for line in rows]
 
 
-def test_scaling_finds_the_same_duplicates_at_every_core_count_layout_and_allocator() -> None:
+def test_scaling_finds_the_same_duplicates_at_every_core_count_layout_allocator_and_start() -> None:
     if not DATA.exists():
         pytest.skip(f"shared data not found at {DATA} (set ZAYA_SHARED_DATA)")
     drops = []
-    for layout, allocator in (("decreasing", "default"), ("equal", "retain")):
+    for layout, allocator, start in (("decreasing", "default", "forkserver"), ("equal", "retain", "fork")):
         run = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "bench_clean.py"), "--scaling", "1,2", "--scale", "1",
-             "--corpus", "distinct", "--chunks", "8", "--chunk-layout", layout, "--allocator", allocator],
+             "--corpus", "distinct", "--chunks", "8", "--chunk-layout", layout, "--allocator", allocator,
+             "--start", start],
             capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert run.returncode == 0, run.stderr
-        assert f"8 {layout} chunks" in run.stdout and f"{allocator} allocator" in run.stdout
+        assert f"8 {layout} chunks" in run.stdout and f"{allocator} allocator, {start} pools" in run.stdout
         assert "DIFFERS" not in run.stdout
         for phase in ("map", "reduce"):  # where each phase's time goes, on and off the CPU, and its faults
             table = run.stdout.split(f"# {phase} task parts")[1]

@@ -688,8 +688,10 @@ def _pool_context(start: str) -> Any:
     process forked from the driver shares all of that copy-on-write: each page of
     inherited heap the process writes (its allocations land in the driver's freed space)
     is copied at a fault, and while the pool lives so is each page the driver writes (its
-    resolution ran 0.2-0.3 s instead of ~0.1 s, page faults included). A build's Ray
-    workers are processes of their own, as these are. The server imports datatrove's
+    resolution took 0.20-0.27 s on 16-core hosts, 0.11-0.17 s with this server). On 16
+    cores the map tasks took 1.18-1.56x their 1-core time forked from the driver, 1.01x
+    from this server on quiet rounds (results/clean-2026-12-07.md, runs 12-15). A build's
+    Ray workers are processes of their own, as these are. The server imports datatrove's
     filters too, which `parse_clean` in each worker needs (2-CPU dev VM: a pool's start
     0.63-0.90 s -> 0.28-0.33 s). `fork`: the runs before 2026-12-07 06:00."""
     import multiprocessing as mp

@@ -362,9 +362,9 @@ def _usage() -> tuple[float, float, int]:
 def _usage_parts(t0: float, start: tuple[float, float, int]) -> dict[str, float]:
     """A task's wall and CPU time, the kernel's part of that CPU time and its minor page
     faults (thousands), since `t0` and `start` (`_usage()`): CPU time below wall time means
-    the task waited for a CPU; kernel time that grows with the number of busy processes
-    while the faults stay the same means each fault costs more (under a hypervisor a fault
-    may also update the host's page tables, which the guest's processes share)."""
+    the task waited for a CPU; kernel time and faults that grow with the number of
+    processes are work each process does for itself (processes forked from the driver
+    copied each inherited page they wrote: results/clean-2026-12-07.md, runs 12-15)."""
     cpu, sys_s, faults = _usage()
     return {"task wall time": time.perf_counter() - t0, "task CPU time": cpu - start[0],
             "task kernel time": sys_s - start[1], "minor page faults (thousands)": (faults - start[2]) / 1e3}
@@ -545,12 +545,13 @@ ALLOCATORS = ("default", "retain")
 
 def _retain_freed_memory() -> None:
     """Keep freed memory in the process for the next task instead of returning it to the
-    kernel: Arrow allocates through glibc's malloc (not its bundled mimalloc, which gives
-    freed pages back after 10 ms and has no runtime switch), and glibc neither serves large
+    kernel: Arrow allocates through glibc's malloc (not its bundled mimalloc, which returns
+    freed pages after a short delay and has no runtime switch), and glibc neither serves large
     blocks by mmap nor trims the heap's top. Returned, the arrays a map task frees are
     faulted in again by the next one, 4 KiB at a time: at scale 128 on one core (2-CPU
     dev VM) 269K minor faults (1.1 GB, twice the text) and 8% of the map's time in the
-    kernel; kept, 60K faults (a process's first tasks) for 16 of the 64 chunks."""
+    kernel; kept, 60K faults (a process's first tasks) for 16 of the 64 chunks. On 16-core
+    hosts it was no better than the default (run 13), so it is an option, not the default."""
     import ctypes
 
     import pyarrow as pa
@@ -565,7 +566,7 @@ def _retain_freed_memory() -> None:
     pa.set_memory_pool(pa.system_memory_pool())
 
 
-_WARM_UP: Any = None  # the first WARM_UP_DOCS records of the corpus, set before the pools fork
+_WARM_UP: Any = None  # the first WARM_UP_DOCS records of the corpus (a forkserver worker gets them in `state`)
 WARM_UP_DOCS = 256
 
 
@@ -651,9 +652,8 @@ def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path, allocator: str = "
     with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker,
                              initargs=(ctx.Value("i", 0), ctx.Barrier(k), k, allocator, state)) as pool:
         # Timed from a running pool, as a build's Ray workers are up before its stages
-        # run (the pool's start is its own column): forking k processes of a parent that
-        # holds hundreds of MB takes ~10 ms each, one after another, and would make the
-        # last ones start a task late.
+        # run (the pool's start is its own column): the k processes start one after
+        # another, each warming up (`_warm_up`), and the last ones would start a task late.
         _pool_ready(pool, k)
         s0 = _stolen_s()
         t0 = time.perf_counter()

@@ -12,8 +12,8 @@ means k busy CPUs are as fast as one):
   hash    xxh3 of short byte strings in a Python loop (the calibration task of bench_clean)
   l2      numpy multiply/add/min over a 512 KiB buffer, repeated (L2-resident, like MinHash blocks)
   stream  numpy sum of a 256 MiB array (DRAM bandwidth shared by all cores)
-  faults  16 MiB of fresh anonymous memory touched a page at a time, 16 times (page faults:
-          the guest kernel's work and, under a hypervisor, the host's page-table updates)
+  faults  16 MiB of fresh anonymous memory touched a page at a time, 16 times (the kernel's
+          work per fresh page: how page faults scale over k processes)
 
 --pairs runs `alu` on CPU 0 together with each other CPU j in turn. Two vCPUs that are
 hyperthreads of one physical core slow each other down (~1.6-2x for this kind of loop);

@@ -50,9 +50,9 @@ the map tasks' summed time over k x the map's wall, "pool start s" the untimed s
 "machine efficiency" an in-cache calibration task on the same pool, "CPU time stolen" the
 hypervisor's steal over all CPUs), and checks that every size gives the same drop list;
 then the bucket rows' bytes per document, what the verification saw (last run, summed
-over the partitions) and each part of the map's and the reduce's tasks, with their wall
-and CPU time, at every size. Core counts above this machine's CPUs are skipped. `ZAYA_SHARED_DATA` points at the shared data when
-../shared/data is absent.
+over the partitions) and each part of the map's and the reduce's tasks, with their wall,
+CPU and kernel time and page faults, at every size. Core counts above this machine's CPUs
+are skipped. `ZAYA_SHARED_DATA` points at the shared data when ../shared/data is absent.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def corpus_docs(scale: int, kind: str = "repeated") -> list[str]:
     return docs
 
 
-_SENTENCE_BREAK = __import__("re").compile(r"(?<=[.!?])\s+|\n+")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def build_corpus(root: Path, workers: int, scale: int) -> tuple[list[Path], int, int]:
@@ -304,6 +305,7 @@ def run_zaya(shards: list[Path], work: Path, workers: int) -> dict:
 _SCALE_SPEC: Any = None  # the parsed CLEAN spec, made before the pools fork (see run_scaling)
 SCALE_CHUNKS = 64  # the same for every pool size of a run, so each does exactly the same work (--chunks)
 SCALE_PARTITIONS = 64
+CHUNK_LAYOUTS = ("decreasing", "equal")
 
 
 def _chunk_sizes(n: int, chunks: int, layout: str) -> list[int]:
@@ -313,8 +315,8 @@ def _chunk_sizes(n: int, chunks: int, layout: str) -> list[int]:
     process that takes the last one still runs a whole task while the others idle). On 16
     cores at scale 128 the map's busy share went from 88-92% (equal) to 97-99% (decreasing;
     results/clean-2026-12-07.md, run 11). The same sizes for every pool size of a run."""
-    if layout not in ("equal", "decreasing"):
-        raise ValueError(f"unknown chunk layout {layout!r} (equal, decreasing)")
+    if layout not in CHUNK_LAYOUTS:
+        raise ValueError(f"unknown chunk layout {layout!r} ({', '.join(CHUNK_LAYOUTS)})")
     if not 0 < chunks <= n:
         raise ValueError(f"{chunks} map tasks for {n} documents: give --chunks between 1 and {n}")
     weights = [1.0] * chunks if layout == "equal" else [chunks - c + chunks / 4 for c in range(chunks)]
@@ -478,7 +480,8 @@ def _scale_reduce(args: tuple[int, str]) -> tuple[bytes, dict[str, int], dict[st
     that pass the threshold, verified here against the MinHash rows of the partition's
     candidate records (Arrow IPC bytes, LINK_SCHEMA: locations), the verification's
     counts, and the seconds of the task's parts (reading its batch of every shuffle file,
-    `bucket_links` with the signature reads, writing the links) with its wall and CPU time."""
+    `bucket_links` with the signature reads, writing the links) with its wall, CPU and kernel
+    time and page faults (`_usage_parts`)."""
     t0, start = time.perf_counter(), _usage()
     import pyarrow as pa
 
@@ -589,24 +592,23 @@ def _warm_up() -> None:
     bucket_links(keys, lambda _: sig, _THRESHOLD)
 
 
-def _pin_worker(counter: Any, barrier: Any = None, size: int = 1, allocator: str = "default",
-                state: tuple[int, bytes] | None = None) -> None:
-    """Each pool process single-threaded and, in a pool smaller than the machine, on a core
-    of its own: a k-process run uses k cores and no more (Arrow's thread pool would
-    otherwise let the 1-core baseline use several). A pool as large as the machine is left
-    to the scheduler: pinning it confines it no further, and only keeps a process on a CPU
-    that something else (the driver's threads, the machine's daemons) is using. `state`:
-    the run's chunk count and warm-up records (Arrow IPC), which a process that was not
-    forked from the driver does not inherit."""
+def _init_worker(counter: Any, barrier: Any, size: int, allocator: str, state: tuple[int, bytes]) -> None:
+    """A new pool process: given the run's `state` (its chunk count and warm-up records as
+    Arrow IPC, which a process not forked from the driver does not inherit; the spec is
+    parsed unless inherited), set to `allocator`, warmed up (`_warm_up`), single-threaded
+    and, in a pool smaller than the machine, on a core of its own: a k-process run uses k
+    cores and no more (Arrow's thread pool would otherwise let the 1-core baseline use
+    several). A pool as large as the machine is left to the scheduler: pinning it confines
+    it no further, and only keeps a process on a CPU that something else (the driver's
+    threads, the machine's daemons) is using."""
     import pyarrow as pa
+
+    from zaya_data.clean import parse_clean
 
     global _POOL_BARRIER, SCALE_CHUNKS, _SCALE_SPEC, _WARM_UP
     _POOL_BARRIER = barrier
-    if state is not None:
-        from zaya_data.clean import parse_clean
-
-        SCALE_CHUNKS, _WARM_UP = state[0], pa.ipc.open_stream(state[1]).read_all()
-        _SCALE_SPEC = _SCALE_SPEC or parse_clean(CLEAN, "bench")
+    SCALE_CHUNKS, _WARM_UP = state[0], pa.ipc.open_stream(state[1]).read_all()
+    _SCALE_SPEC = _SCALE_SPEC or parse_clean(CLEAN, "bench")
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -643,13 +645,13 @@ def _pool_ready(pool: ProcessPoolExecutor, k: int) -> None:
     list(pool.map(_ready, range(k)))
 
 
-def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path, allocator: str = "default",
-                  state: tuple[int, bytes] | None = None) -> dict[str, Any]:
+def _scaling_once(k: int, ctx: Any, inputs: Path, work: Path, allocator: str,
+                  state: tuple[int, bytes]) -> dict[str, Any]:
     """One near-dedup run on a pool of k processes: its timings, the map tasks' parts and
     the drop list."""
     work.mkdir(parents=True)
     p0 = time.perf_counter()
-    with ProcessPoolExecutor(k, mp_context=ctx, initializer=_pin_worker,
+    with ProcessPoolExecutor(k, mp_context=ctx, initializer=_init_worker,
                              initargs=(ctx.Value("i", 0), ctx.Barrier(k), k, allocator, state)) as pool:
         # Timed from a running pool, as a build's Ray workers are up before its stages
         # run (the pool's start is its own column): the k processes start one after
@@ -717,7 +719,7 @@ def run_scaling(cores: list[int], scale: int, root: Path, corpus: str = "repeate
     global _SCALE_SPEC, SCALE_CHUNKS, _WARM_UP
     SCALE_CHUNKS = chunks  # set before the pools start: their tasks read it
     # Parsed here, inherited by forked workers, parsed again by each forkserver worker as it
-    # starts (`_pin_worker`): parsing imports datatrove's filters (0.45 s), which every pool
+    # starts (`_init_worker`): parsing imports datatrove's filters (0.45 s), which every pool
     # process would otherwise pay in its first task, 16 at once on 16 cores: start-up, not
     # dedup work (a build's Ray workers import once and stay).
     _SCALE_SPEC = parse_clean(CLEAN, "bench")
@@ -823,7 +825,7 @@ def main() -> None:
                                                           "(start with 1: efficiency is against the first)")
     ap.add_argument("--chunks", type=int, default=64,
                     help="scaling mode's map tasks, i.e. input files (default 64): more shorten the last wave")
-    ap.add_argument("--chunk-layout", choices=("decreasing", "equal"), default="decreasing",
+    ap.add_argument("--chunk-layout", choices=CHUNK_LAYOUTS, default="decreasing",
                     help="scaling mode's map task sizes: decreasing (default; the last wave is of short "
                          "tasks) or equal (the layout of runs before 2026-12-07 03:40)")
     ap.add_argument("--corpus", choices=("repeated", "distinct"), default="repeated",

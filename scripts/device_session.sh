@@ -59,10 +59,13 @@ export ZAYA_SHARED_DATA="$(cd ../shared/data 2>/dev/null && pwd)"
 {
   date -u +"%Y-%m-%d %H:%M UTC"; git log -1 --format="commit %h %s" 2>/dev/null
   # The device gets the working tree, and a .git that may be older than it: say so, and
-  # fingerprint the tree that ran (tracked files' contents).
+  # fingerprint the tree that ran: the contents of every file git does not ignore, tracked
+  # or not, so that a file the old index lacks still counts (the same command over the
+  # same tree here gives the same value).
   changed=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
   [ "$changed" -gt 0 ] && echo "working tree differs from that commit in $changed tracked files"
-  echo "tree sha256 $(git ls-files -z 2>/dev/null | xargs -0 sha256sum 2>/dev/null | sha256sum | cut -c1-16)"
+  echo "tree sha256 $(git ls-files -z --cached --others --exclude-standard 2>/dev/null | sort -zu \
+    | xargs -0 sha256sum 2>/dev/null | sha256sum | cut -c1-16)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
   echo "kernel $(uname -r); transparent hugepages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
   echo "kernel command line: $(cut -c1-300 /proc/cmdline 2>/dev/null)"
